@@ -1,0 +1,38 @@
+# Two commands for learners: `make lab` (set up, then open the course) and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export MPLBACKEND ?= Agg
+
+.PHONY: setup lab test unit nbval notebooks bench model model-facts clean-venv
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install everything (once; later runs need no internet)
+
+lab: setup  ## open JupyterLab on your own copies of the notebooks (in my_work/, never overwritten)
+	$(PY) tools/learner_copies.py
+	MPLBACKEND= $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/my_work
+
+test: setup  ## unit tests, then every notebook (solutions and learner versions) under nbval
+	$(PY) -m pytest -q tests solutions notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600
+
+unit: setup
+	$(PY) -m pytest -q tests
+
+notebooks: setup  ## write notebooks/ from solutions/
+	$(PY) tools/build_notebooks.py
+
+bench: setup  ## speed and memory of hooks, caching and each notebook
+	$(PY) tools/bench.py
+
+model: setup  ## retrain the bundled model (about an hour on 2 CPU cores, minutes on a GPU)
+	$(PY) -m course_utils.train
+
+model-facts: setup  ## re-measure the bundled model's interpretability facts
+	$(PY) -m course_utils.model_facts

@@ -1,0 +1,20 @@
+"""course_utils: the small library every notebook of the course calls.
+
+    from course_utils import load_model
+    model = load_model()                 # the bundled model, offline
+    logits, cache = model.run_with_cache("def add(a, b):")
+    cache["pattern", 0]                  # [batch, head, query_pos, key_pos]
+
+Modules, one concept each: devices, loading, families (per-architecture adapters), attention (the
+hooked eager kernel), hooked_model (hooks, cache, weights), cache, lens (logit lens, residual
+decomposition, direct logit attribution), plotting, data, checks, train.
+"""
+
+from course_utils.cache import ActivationCache
+from course_utils.devices import get_device
+from course_utils.errors import CourseError
+from course_utils.hooked_model import HookedModel
+from course_utils.loading import BUNDLED_MODEL, bundled_checkpoints, load_model
+
+__all__ = ["ActivationCache", "BUNDLED_MODEL", "CourseError", "HookedModel", "bundled_checkpoints",
+           "get_device", "load_model"]

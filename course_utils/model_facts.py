@@ -1,0 +1,205 @@
+"""Measure what the bundled model's card claims: induction heads, a previous-token head, the
+logit lens, readable neurons, held-out loss and load time.
+
+    python -m course_utils.model_facts                 # the bundled model
+    python -m course_utils.model_facts --model gpt2    # any supported model (online)
+
+Every measurement is a small function that takes a `HookedModel`, so notebooks and tests reuse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+import tokenize
+
+import torch
+
+from course_utils.data import repeated_tokens, stdlib_corpus
+from course_utils.hooked_model import HookedModel
+from course_utils.lens import logit_lens
+
+
+# ---- attention-head scores ------------------------------------------------------------------------
+def prev_token_scores(patterns: torch.Tensor) -> torch.Tensor:
+    """Mean attention from each position to the one before it. patterns [layer, batch, head, q, k] -> [layer, head]."""
+    return patterns.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:].mean((1, -1))
+
+
+def induction_scores(patterns: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Mean attention from each token of the second copy to the token after its first occurrence.
+
+    patterns [layer, batch, head, q, k] over `[BOS] A A` with |A| = seq_len -> [layer, head].
+    Token i of the second copy sits at seq_len + i; the token after its first occurrence at i + 1:
+    a fixed offset of 1 - seq_len between key and query.
+    """
+    diag = patterns.diagonal(offset=1 - seq_len, dim1=-2, dim2=-1)  # element j: query seq_len - 1 + j
+    return diag[..., 2:].mean((1, -1))  # queries seq_len + 1 .. 2 * seq_len: the whole second copy
+
+
+def repeat_losses(logits: torch.Tensor, tokens: torch.Tensor, seq_len: int) -> tuple[float, float]:
+    """Mean next-token loss on the first and on the second copy of `[BOS] A A` (tokens 2..seq_len of each)."""
+    logprobs = logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos-1]
+    first = -logprobs[:, 1:seq_len].mean().item()
+    second = -logprobs[:, seq_len + 1:].mean().item()
+    return first, second
+
+
+def induction_facts(model: HookedModel, seq_len: int = 50, batch: int = 32, seed: int = 0) -> dict:
+    tokens = repeated_tokens(batch, seq_len, model.cfg.d_vocab, bos_id=model.bos_token_id, seed=seed, low=1)
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    patterns = cache.stack("pattern")
+    ind, prev = induction_scores(patterns, seq_len), prev_token_scores(patterns)
+    first, second = repeat_losses(logits, tokens.to(logits.device), seq_len)
+    il, ih = divmod(int(ind.argmax()), model.cfg.n_heads)
+    pl, ph = divmod(int(prev[:il].argmax()), model.cfg.n_heads) if il > 0 else (None, None)
+    return {"induction_head": f"{il}.{ih}", "induction_score": ind.max().item(),
+            "prev_token_head": None if pl is None else f"{pl}.{ph}",
+            "prev_token_score": None if pl is None else prev[pl, ph].item(),
+            "loss_first_copy": first, "loss_second_copy": second, "loss_drop": first - second,
+            "induction_scores": ind.tolist(), "prev_token_scores": prev.tolist()}
+
+
+# ---- held-out text -----------------------------------------------------------------------------------
+def heldout_windows(model: HookedModel, max_tokens: int = 60_000, window: int = 256):
+    """Held-out source files cut into windows `[BOS] + window-1 tokens`, with each token's character
+    span, whether it lies inside a string literal, and its text. Deterministic."""
+    rows, texts, in_string = [], [], []
+    for source in stdlib_corpus("heldout").texts:
+        enc = model.tokenizer(source, add_special_tokens=False, return_offsets_mapping=True)
+        ids, spans = enc["input_ids"], enc["offset_mapping"]
+        strings = _string_spans(source)
+        for start in range(0, len(ids) - window + 1, window - 1):
+            chunk = slice(start, start + window - 1)
+            rows.append([model.bos_token_id] + ids[chunk])
+            texts.append([""] + [source[a:b] for a, b in spans[chunk]])
+            in_string.append([False] + [any(s <= a and b <= e for s, e in strings) for a, b in spans[chunk]])
+            if len(rows) * window >= max_tokens:
+                return torch.tensor(rows), texts, torch.tensor(in_string)
+    return torch.tensor(rows), texts, torch.tensor(in_string)
+
+
+def _string_spans(source: str) -> list[tuple[int, int]]:
+    """Character spans of the insides of string literals (quotes excluded)."""
+    line_starts = [0]
+    for line in source.splitlines(keepends=True):
+        line_starts.append(line_starts[-1] + len(line))
+    spans = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.STRING:
+                a = line_starts[tok.start[0] - 1] + tok.start[1]
+                b = line_starts[tok.end[0] - 1] + tok.end[1]
+                prefix = len(tok.string) - len(tok.string.lstrip("rbuRBUfF"))
+                quote = 3 if tok.string[prefix:prefix + 3] in ('"""', "'''") else 1
+                spans.append((a + prefix + quote, b - quote))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        pass
+    return spans
+
+
+@torch.no_grad()
+def heldout_loss(model: HookedModel, rows: torch.Tensor, batch: int = 32) -> float:
+    losses = []
+    for i in range(0, len(rows), batch):
+        toks = rows[i:i + batch].to(model.device)
+        logits = model(toks)
+        losses.append(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), toks[:, 1:].flatten()))
+    return torch.stack(losses).mean().item()
+
+
+@torch.no_grad()
+def logit_lens_kl(model: HookedModel, rows: torch.Tensor, batch: int = 16) -> list[float]:
+    """KL(final ‖ lens) in nats, averaged over tokens, reading the residual before each layer and after the last."""
+    n = model.cfg.n_layers
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
+    totals = torch.zeros(n + 1)
+    for i in range(0, len(rows), batch):
+        logits, cache = model.run_with_cache(rows[i:i + batch], names_filter=names)
+        final = logits.float().log_softmax(-1)
+        for j, name in enumerate(names):
+            lens = logit_lens(model, cache[name]).float().log_softmax(-1)
+            totals[j] += (final.exp() * (final - lens)).sum(-1).mean().item()
+    return (totals / ((len(rows) + batch - 1) // batch)).tolist()
+
+
+# ---- readable neurons -------------------------------------------------------------------------------
+CONCEPTS = {
+    "inside a string": lambda text, prev, in_str: in_str,
+    "line-start indentation": lambda text, prev, in_str: text.strip(" \t") in ("", "\n") and text.count(" ") >= 4
+    and (text.startswith("\n") or prev.endswith("\n")),
+    "name after def": lambda text, prev, in_str: prev.strip() == "def",
+    "self": lambda text, prev, in_str: text.strip() == "self",
+}
+
+
+@torch.no_grad()
+def readable_neurons(model: HookedModel, rows: torch.Tensor, texts: list[list[str]], in_string: torch.Tensor,
+                     top_k: int = 100, batch: int = 16) -> dict[str, dict]:
+    """For each concept, the MLP neuron whose top-k activations on held-out text are most often that concept."""
+    n_l, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    names = [f"blocks.{l}.mlp.hook_post" for l in range(n_l)]
+    acts = []  # [tokens, n_layers * d_mlp], kept in fp16 to stay small
+    for i in range(0, len(rows), batch):
+        _, cache = model.run_with_cache(rows[i:i + batch], names_filter=names)
+        acts.append(torch.cat([cache[n][:, 1:] for n in names], -1).flatten(0, 1).half().cpu())
+    acts = torch.cat(acts)
+    labels = {}
+    flat_text = [t for row in texts for t in row[1:]]
+    flat_prev = [p for row in texts for p in row[:-1]]
+    flat_str = in_string[:, 1:].flatten().tolist()
+    for concept, test in CONCEPTS.items():
+        labels[concept] = torch.tensor([test(t, p, s) for t, p, s in zip(flat_text, flat_prev, flat_str)])
+    top = acts.float().topk(top_k, dim=0).indices  # [top_k, neurons]
+    result = {}
+    for concept, mask in labels.items():
+        frac = mask[top].float().mean(0)  # [neurons]
+        best = int(frac.argmax())
+        result[concept] = {"neuron": f"L{best // d_mlp}N{best % d_mlp}", "fraction": frac[best].item(),
+                           "base_rate": mask.float().mean().item()}
+    return result
+
+
+def measure(model: HookedModel, max_tokens: int = 60_000) -> dict:
+    rows, texts, in_string = heldout_windows(model, max_tokens=max_tokens)
+    facts = {"induction": induction_facts(model)}
+    facts["heldout_loss"] = heldout_loss(model, rows)
+    facts["logit_lens_kl"] = logit_lens_kl(model, rows)
+    facts["neurons"] = readable_neurons(model, rows, texts, in_string)
+    facts["heldout_tokens_measured"] = int(rows.numel())
+    return facts
+
+
+def main() -> None:
+    from course_utils.loading import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="hub id or folder (default: the bundled model)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = load_model(args.model, device="cpu")
+    load_s = time.perf_counter() - t0
+    facts = measure(model)
+    facts["load_seconds"] = load_s
+    ind = facts["induction"]
+    print(f"load_model: {load_s:.2f} s")
+    print(f"induction head {ind['induction_head']}: score {ind['induction_score']:.3f}; previous-token head "
+          f"{ind['prev_token_head']}: {ind['prev_token_score']:.3f}")
+    print(f"repeated random tokens: loss {ind['loss_first_copy']:.2f} on the first copy, "
+          f"{ind['loss_second_copy']:.2f} on the second (drop {ind['loss_drop']:.2f} nats)")
+    print(f"held-out loss: {facts['heldout_loss']:.3f} nats/token over {facts['heldout_tokens_measured']} tokens")
+    print("logit lens KL(final || lens) before each layer, then after the last: "
+          + ", ".join(f"{k:.3f}" for k in facts["logit_lens_kl"]))
+    for concept, r in facts["neurons"].items():
+        print(f"neuron {r['neuron']:>8} for {concept!r}: {r['fraction']:.0%} of its top 100 (base rate {r['base_rate']:.1%})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(facts, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
