@@ -5,7 +5,9 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: setup lab test unit nbval notebooks bench model model-facts clean-venv
+COMPAT ?= .venv-compat
+
+.PHONY: setup lab test test-compat unit notebooks bench model model-facts
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +23,13 @@ lab: setup  ## open JupyterLab on your own copies of the notebooks (in my_work/,
 
 test: setup  ## unit tests, then every notebook (solutions and learner versions) under nbval
 	$(PY) -m pytest -q tests solutions notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600
+
+test-compat:  ## the library's tests against the oldest supported transformers (4.57)
+	@test -x $(COMPAT)/bin/python || python3 -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 transformers==4.57.6 \
+		"tokenizers<0.23" safetensors matplotlib circuitsvis ipywidgets tqdm psutil pytest
+	PYTHONPATH="$(CURDIR)" $(COMPAT)/bin/python -m pytest -q tests/test_hooked_model.py tests/test_lens.py \
+		tests/test_loading.py tests/test_bundled_model.py tests/test_plotting.py
 
 unit: setup
 	$(PY) -m pytest -q tests
