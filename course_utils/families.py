@@ -36,7 +36,7 @@ class Family:
     mlp_in: str                   # the MLP's first projection (the gate in gated MLPs): mlp.hook_pre
     mlp_out: str                  # the MLP's last projection, whose input is mlp.hook_post
     norm: str                     # "layernorm" or "rmsnorm"
-    gated_mlp: bool
+    mlp_up: str | None            # gated MLPs: the linear branch multiplied by act(gate); W_in
     attn_weights: Callable[[nn.Module, "ModelShape"], Weights]  # W_Q.. b_O of one block's attention
     parallel_residual: Callable[[object], bool] = lambda config: False
 
@@ -99,16 +99,16 @@ def _llama_attn(block: nn.Module, s: ModelShape) -> Weights:
 FAMILIES = [
     Family("GPT-2", ("gpt2",), embed="transformer.wte", pos_embed="transformer.wpe", blocks="transformer.h",
            ln_final="transformer.ln_f", ln1="ln_1", attn="attn", ln2="ln_2", mlp="mlp",
-           mlp_in="mlp.c_fc", mlp_out="mlp.c_proj", norm="layernorm", gated_mlp=False, attn_weights=_gpt2_attn),
+           mlp_in="mlp.c_fc", mlp_out="mlp.c_proj", norm="layernorm", mlp_up=None, attn_weights=_gpt2_attn),
     Family("GPT-NeoX/Pythia", ("gpt_neox",), embed="gpt_neox.embed_in", pos_embed=None, blocks="gpt_neox.layers",
            ln_final="gpt_neox.final_layer_norm", ln1="input_layernorm", attn="attention",
            ln2="post_attention_layernorm", mlp="mlp", mlp_in="mlp.dense_h_to_4h", mlp_out="mlp.dense_4h_to_h",
-           norm="layernorm", gated_mlp=False, attn_weights=_neox_attn,
+           norm="layernorm", mlp_up=None, attn_weights=_neox_attn,
            parallel_residual=lambda config: bool(getattr(config, "use_parallel_residual", True))),
     Family("Llama/Qwen2", ("llama", "qwen2"), embed="model.embed_tokens", pos_embed=None, blocks="model.layers",
            ln_final="model.norm", ln1="input_layernorm", attn="self_attn",
            ln2="post_attention_layernorm", mlp="mlp", mlp_in="mlp.gate_proj", mlp_out="mlp.down_proj",
-           norm="rmsnorm", gated_mlp=True, attn_weights=_llama_attn),
+           norm="rmsnorm", mlp_up="mlp.up_proj", attn_weights=_llama_attn),
 ]
 SUPPORTED = ", ".join(f.name for f in FAMILIES)
 

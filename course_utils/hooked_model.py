@@ -278,17 +278,19 @@ class HookedModel:
     def _mlp_weight(self, path: str, bias: bool = False) -> torch.Tensor:
         def one(layer: int) -> torch.Tensor:
             mod = self._sub(layer, path)
-            if bias:
-                return mod.bias if mod.bias is not None else torch.zeros(mod.weight.shape[0 if isinstance(mod, nn.Linear) else 1])
-            return mod.weight.T if isinstance(mod, nn.Linear) else mod.weight  # GPT-2's Conv1D is [in, out]
+            weight = mod.weight.T if isinstance(mod, nn.Linear) else mod.weight  # GPT-2's Conv1D is [in, out]
+            if not bias:
+                return weight
+            return mod.bias if mod.bias is not None else weight.new_zeros(weight.shape[1])
         return torch.stack([one(l) for l in range(self.cfg.n_layers)])
 
-    W_in = property(lambda self: self._mlp_weight(self.family.mlp_in.replace("gate_proj", "up_proj")),
+    W_in = property(lambda self: self._mlp_weight(self.family.mlp_up or self.family.mlp_in),
                     doc="[n_layers, d_model, d_mlp] (the up projection in gated MLPs)")
-    W_gate = property(lambda self: self._mlp_weight(self.family.mlp_in) if self.family.gated_mlp else None,
+    W_gate = property(lambda self: self._mlp_weight(self.family.mlp_in) if self.family.mlp_up else None,
                       doc="[n_layers, d_model, d_mlp], gated MLPs only")
     W_out = property(lambda self: self._mlp_weight(self.family.mlp_out), doc="[n_layers, d_mlp, d_model]")
-    b_in = property(lambda self: self._mlp_weight(self.family.mlp_in, bias=True), doc="[n_layers, d_mlp]")
+    b_in = property(lambda self: self._mlp_weight(self.family.mlp_up or self.family.mlp_in, bias=True),
+                    doc="[n_layers, d_mlp]")
     b_out = property(lambda self: self._mlp_weight(self.family.mlp_out, bias=True), doc="[n_layers, d_model]")
     W_E = property(lambda self: self.model.get_submodule(self.family.embed).weight, doc="[d_vocab, d_model]")
     W_pos = property(lambda self: self.model.get_submodule(self.family.pos_embed).weight

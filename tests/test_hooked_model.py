@@ -210,3 +210,17 @@ def test_grad_flows_when_asked(family_case):
     assert cache["resid_post", 0].requires_grad
     assert model.W_E.grad is not None
     model.model.zero_grad(set_to_none=True)
+
+
+def test_mlp_weights_reproduce_the_mlp(family_case):
+    _, model, tokens, _ = family_case
+    _, cache = model.run_with_cache(tokens)
+    for l in range(model.cfg.n_layers):
+        mlp_input = cache["resid_pre", l] if model.parallel_residual else cache["resid_mid", l]
+        x = model.block(l).get_submodule(model.family.ln2)(mlp_input)
+        if model.W_gate is not None:  # gated: hook_pre is the gate's pre-activation
+            assert close(x @ model.W_gate[l], cache["pre", l])
+        else:
+            assert close(x @ model.W_in[l] + model.b_in[l], cache["pre", l])
+        assert model.W_in.shape == (model.cfg.n_layers, model.cfg.d_model, model.cfg.d_mlp)
+        assert close(cache["post", l] @ model.W_out[l] + model.b_out[l], cache["mlp_out", l])

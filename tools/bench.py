@@ -11,6 +11,7 @@ memory of the whole process tree (nbconvert and its kernel), one run each.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,23 @@ def time_variants(variants: dict, rounds: int) -> dict[str, list[float]]:
             fn()
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def bench_load(rounds: int) -> None:
+    """load_model() in this process (imports done) and in a fresh interpreter (imports included)."""
+    warm = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        load_model(device="cpu")
+        warm.append(time.perf_counter() - t0)
+    cold = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "from course_utils import load_model; load_model(device='cpu')"],
+                       check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        cold.append(time.perf_counter() - t0)
+    print(f"load_model() of the bundled model on CPU: {min(warm):.2f} s fastest, {statistics.median(warm):.2f} s "
+          f"median (imports done); fresh interpreter with imports: {min(cold):.2f} s fastest, {statistics.median(cold):.2f} s median")
 
 
 def bench_hooks(batch: int, pos: int, rounds: int) -> None:
@@ -100,6 +118,7 @@ def main() -> None:
     parser.add_argument("--pos", type=int, default=256)
     parser.add_argument("--skip-notebooks", action="store_true")
     args = parser.parse_args()
+    bench_load(5)
     bench_hooks(args.batch, args.pos, args.rounds)
     if not args.skip_notebooks:
         print("\nNotebooks (targets: 90 s and 3 GB on 2 CPU cores)")
