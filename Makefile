@@ -19,7 +19,8 @@ setup: $(STAMP)  ## create .venv and install everything (once; later runs need n
 
 lab: setup  ## open JupyterLab on your own copies of the notebooks (in my_work/, never overwritten)
 	$(PY) tools/learner_copies.py
-	MPLBACKEND= $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/my_work
+	MPLBACKEND= $(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/my_work \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup  ## unit tests, then every notebook (solutions and learner versions) under nbval
 	$(PY) -m pytest -q tests solutions notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600
