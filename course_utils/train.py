@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from course_utils.data import chunk_tokens, stdlib_corpus, tokenize_corpus
+from course_utils.data import chunk_tokens, repeated_tokens, stdlib_corpus, tokenize_corpus
 
 BUNDLED_DIR = Path(__file__).parent / "bundled_model"
 SPECIAL = "<|endoftext|>"
@@ -113,21 +113,18 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 @torch.no_grad()
 def measure(model, heldout_rows: torch.Tensor, bos_id: int, vocab_size: int) -> dict[str, float]:
     """Held-out loss, and the best induction and previous-token scores on repeated random tokens."""
+    from course_utils.model_facts import induction_scores, prev_token_scores, repeat_losses
+
     model.eval()
     loss = model(heldout_rows[:32], labels=heldout_rows[:32]).loss.item()
-    gen = torch.Generator().manual_seed(1234)
-    half = torch.randint(1, vocab_size, (16, 50), generator=gen)
-    tokens = torch.cat([torch.full((16, 1), bos_id), half, half], dim=1)  # [16, 101]
+    half = min(50, (model.config.n_positions - 1) // 2)
+    tokens = repeated_tokens(16, half, vocab_size, bos_id=bos_id, seed=1234, low=1)  # [16, 1 + 2 * half]
     out = model(tokens, output_attentions=True)
-    logprobs = out.logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # [16, 100]
-    first, second = -logprobs[:, 1:50].mean().item(), -logprobs[:, 51:].mean().item()  # t_2..t_50 twice
-    ind = max(a.diagonal(offset=-49, dim1=-2, dim2=-1)[..., 51 - 49:].mean((0, 2)).max().item()
-              for a in out.attentions)
-    prev = max(a.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:].mean((0, 2)).max().item()
-               for a in out.attentions)
+    patterns = torch.stack(out.attentions)  # [layer, batch, head, q, k]
+    first, second = repeat_losses(out.logits, tokens, half)
     model.train()
-    return {"heldout_loss": loss, "induction": ind, "prev_token": prev,
-            "repeat_loss_drop": first - second}
+    return {"heldout_loss": loss, "induction": induction_scores(patterns, half).max().item(),
+            "prev_token": prev_token_scores(patterns).max().item(), "repeat_loss_drop": first - second}
 
 
 def save_model(model, tokenizer, out_dir: Path, extra: dict) -> None:
@@ -151,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="save a checkpoint and stop after this many steps (carry on later with --resume)")
+    parser.add_argument("--max-files", type=int, default=None, help="train on the first N files only (quick tests)")
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if hasattr(args, k)})
     torch.set_num_threads(cfg.threads)
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     train_corpus, held_corpus = stdlib_corpus("train"), stdlib_corpus("heldout")
+    if args.max_files:
+        train_corpus.texts, train_corpus.paths = train_corpus.texts[:args.max_files], train_corpus.paths[:args.max_files]
     tok_dir = run_dir / "tokenizer"
     if args.resume and tok_dir.exists():
         from transformers import AutoTokenizer
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_rng_state(state["torch_rng"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
         print(f"resumed at step {step}", flush=True)
+    state_step = step
 
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.2f} M parameters; {total_steps} steps of {tokens_per_step} tokens", flush=True)
@@ -219,11 +222,15 @@ def main(argv: list[str] | None = None) -> None:
             tqdm.write(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items()))
             if done in snapshot_steps:
                 save_model(model, tokenizer, run_dir / "checkpoints" / f"step_{done:05d}", facts)
-        if time.time() - last_ckpt > cfg.ckpt_minutes * 60 or done == total_steps:
+        stopping = args.stop_after is not None and done - state_step == args.stop_after
+        if time.time() - last_ckpt > cfg.ckpt_minutes * 60 or done == total_steps or stopping:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                         "torch_rng": torch.get_rng_state(), "step": done, "history": history,
                         "elapsed": time.time() - t_start}, ckpt_path)
             last_ckpt = time.time()
+        if stopping:
+            print(f"stopped after step {done}; carry on with --resume", flush=True)
+            return
 
     minutes = (time.time() - t_start) / 60
     record = {"config": asdict(cfg), "minutes": minutes, "machine": platform.processor() or platform.machine(),
