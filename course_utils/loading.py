@@ -10,6 +10,7 @@ Weights are read only from safetensors files, and no code from the hub is ever r
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -32,11 +33,36 @@ def _offline_message(name: str) -> str:
             "Call load_model() with no name for the course's bundled model, which needs no internet.")
 
 
-def _load_config(name: str):
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection to the hub, so that an offline machine fails in seconds, not after retries."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _is_cached(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # not a valid repo id, for one
+        return False
+
+
+def _load_config(name: str, local_only: bool):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=False)
+        return AutoConfig.from_pretrained(name, trust_remote_code=False, local_files_only=local_only)
     except (OSError, ValueError) as err:
         text = str(err).lower()
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or any(
@@ -63,13 +89,16 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
     elif name is None and not (BUNDLED_MODEL / "config.json").exists():
         raise CourseError("The bundled model is missing from this copy of course_utils; reinstall the course "
                           "(`make lab`), or pass a hub id such as 'gpt2'.")
-    config = _load_config(source)
+    local_only = name is None or Path(source).is_dir() or not _hub_reachable()
+    if local_only and not Path(source).is_dir() and not _is_cached(source):
+        raise CourseError(_offline_message(source))
+    config = _load_config(source, local_only)
     family = family_of(config.model_type)  # fails early, with the supported families, for other architectures
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=False,
-            attn_implementation=_course_attention_name())
+            attn_implementation=_course_attention_name(), local_files_only=local_only)
     except OSError as err:
         if "safetensors" in str(err).lower():
             raise CourseError(f"{name!r} has no safetensors weights, and the course loads no other format; "

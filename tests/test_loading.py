@@ -85,3 +85,30 @@ def test_weights_only_from_safetensors(tmp_path):
     _tiny_gpt2(tmp_path, safe=False)
     with pytest.raises(CourseError, match="safetensors"):
         load_model(tmp_path, device="cpu")
+
+
+def test_no_network_fails_fast_with_the_offline_choice(monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(CourseError, match="offline"):
+        load_model("gpt2-not-in-any-cache-here", device="cpu")
+
+
+def test_misspelt_hub_id_online_says_check_the_spelling(monkeypatch):
+    import transformers
+
+    from course_utils import loading
+
+    def not_found(name, **kwargs):
+        raise OSError(f"{name} is not a local folder and is not a valid model identifier listed on "
+                      "'https://huggingface.co/models'")
+
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", not_found)
+    with pytest.raises(CourseError, match="check the spelling"):
+        load_model("gtp2", device="cpu")
