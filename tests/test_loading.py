@@ -108,6 +108,7 @@ def test_misspelt_hub_id_online_says_check_the_spelling(monkeypatch):
         raise OSError(f"{name} is not a local folder and is not a valid model identifier listed on "
                       "'https://huggingface.co/models'")
 
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", not_found)
     with pytest.raises(CourseError, match="check the spelling"):
