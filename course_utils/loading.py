@@ -94,6 +94,11 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
         raise CourseError(_offline_message(source))
     config = _load_config(source, local_only)
     family = family_of(config.model_type)  # fails early, with the supported families, for other architectures
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if Path(source).resolve().is_relative_to(BUNDLED_MODEL.resolve()):
+        hf_logging.disable_progress_bar()  # the bundled model loads in milliseconds: no bar needed
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
@@ -104,6 +109,9 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
             raise CourseError(f"{name!r} has no safetensors weights, and the course loads no other format; "
                               "choose a model that ships .safetensors files.") from None
         raise CourseError(_offline_message(source)) from None
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     return HookedModel(model.to(device), tokenizer, family)
 
 

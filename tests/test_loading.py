@@ -113,3 +113,11 @@ def test_misspelt_hub_id_online_says_check_the_spelling(monkeypatch):
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", not_found)
     with pytest.raises(CourseError, match="check the spelling"):
         load_model("gtp2", device="cpu")
+
+
+def test_bundled_model_loads_quietly_and_restores_progress_bars(capfd):
+    from transformers.utils import logging as hf_logging
+
+    load_model(device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
