@@ -6,8 +6,9 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
 COMPAT ?= .venv-compat
+TLENV  ?= .venv-tl
 
-.PHONY: setup lab test test-compat unit notebooks bench model model-facts
+.PHONY: setup lab test test-compat test-tl unit notebooks bench model model-facts
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -29,8 +30,15 @@ test-compat:  ## the library's tests against the oldest supported transformers (
 	@test -x $(COMPAT)/bin/python || python3 -m venv $(COMPAT)
 	$(COMPAT)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 transformers==4.57.6 \
 		"tokenizers<0.23" safetensors matplotlib circuitsvis ipywidgets tqdm psutil pytest
-	PYTHONPATH="$(CURDIR)" $(COMPAT)/bin/python -m pytest -q tests/test_hooked_model.py tests/test_lens.py \
+	PYTHONPATH="$(CURDIR)" $(COMPAT)/bin/python -m pytest -q tests/test_hooked_model.py tests/test_hook_points.py tests/test_cache.py tests/test_lens.py \
 		tests/test_loading.py tests/test_bundled_model.py tests/test_plotting.py
+
+test-tl:  ## ARENA-style code gives the numbers of TransformerLens 3.9's HookedTransformer on the same weights
+	@test -x $(TLENV)/bin/python || python3 -m venv $(TLENV)
+	$(TLENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(TLENV)/bin/python -m pip install -q --disable-pip-version-check -c requirements.txt transformer_lens==3.9.0 \
+		transformers tokenizers safetensors numpy matplotlib circuitsvis ipywidgets tqdm pytest
+	PYTHONPATH="$(CURDIR)" $(TLENV)/bin/python -m pytest -q tests/test_transformer_lens.py -W ignore::DeprecationWarning
 
 unit: setup
 	$(PY) -m pytest -q tests

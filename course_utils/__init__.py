@@ -6,15 +6,16 @@
     cache["pattern", 0]                  # [batch, head, query_pos, key_pos]
 
 Modules, one concept each: devices, loading, families (per-architecture adapters), attention (the
-hooked eager kernel), hooked_model (hooks, cache, weights), cache, lens (logit lens, residual
-decomposition, direct logit attribution), plotting, data, checks, train.
+hooked eager kernel), hook_points (where each hook lives), hooked_model (running, tokens, weights),
+cache (the activation cache), lens (logit lens, residual decompositions, direct logit attribution),
+plotting, data, checks, train.
 """
 
-from course_utils.cache import ActivationCache
+from course_utils.cache import ActivationCache, get_act_name
 from course_utils.devices import get_device
 from course_utils.errors import CourseError
 from course_utils.hooked_model import HookedModel
 from course_utils.loading import BUNDLED_MODEL, bundled_checkpoints, load_model
 
 __all__ = ["ActivationCache", "BUNDLED_MODEL", "CourseError", "HookedModel", "bundled_checkpoints",
-           "get_device", "load_model"]
+           "get_act_name", "get_device", "load_model"]

@@ -19,7 +19,7 @@ import torch
 
 NAME = "course_eager"
 
-# attention module -> {"pattern": [fn, ...], "z": [fn, ...]}; filled by HookedModel only while hooks
+# attention module -> {"attn_scores": [fn, ...], "pattern": [...], "z": [...]}; filled only while hooks
 # are active. Each fn takes the activation and returns it, replaced or not.
 ACTIVE_HOOKS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, list[Callable]]]" = weakref.WeakKeyDictionary()
 
@@ -40,16 +40,25 @@ def course_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     scores = (query @ key.transpose(-1, -2)) * scale  # [batch, head, q, k]
     q_len, k_len = scores.shape[-2:]
-    min_value = torch.finfo(scores.dtype).min
-    if attention_mask is None:  # causal: query i sees keys up to i (offset by any cached keys)
-        future = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).triu(k_len - q_len + 1)
-        scores = scores.masked_fill(future, min_value)
-    elif attention_mask.dtype == torch.bool:  # True = may attend
-        scores = scores.masked_fill(~attention_mask[..., :k_len], min_value)
-    else:  # additive float mask, causal part included
-        scores = scores + attention_mask[..., :k_len].to(scores.dtype)
-    pattern = scores.float().softmax(dim=-1).to(value.dtype)
     hooks = ACTIVE_HOOKS.get(module)
+    show_scores = bool(hooks) and "attn_scores" in hooks
+    min_value = torch.finfo(scores.dtype).min
+    blocked = float("-inf") if show_scores else min_value  # what a masked score is
+    if attention_mask is None:  # causal: query i sees keys up to i (offset by any cached keys)
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).triu(k_len - q_len + 1)
+        scores = scores.masked_fill(mask, blocked)
+    elif attention_mask.dtype == torch.bool:  # True = may attend
+        mask = ~attention_mask[..., :k_len]
+        scores = scores.masked_fill(mask, blocked)
+    else:  # additive float mask, causal part included
+        additive = attention_mask[..., :k_len].to(scores.dtype)
+        mask = additive <= min_value / 2
+        scores = scores + (additive.masked_fill(mask, blocked) if show_scores else additive)
+    if show_scores:
+        scores = _run(hooks, "attn_scores", scores)
+        if mask.all(-1).any():  # a query that may attend to nothing (padding): keep its row finite
+            scores = scores.clamp(min=min_value)
+    pattern = scores.float().softmax(dim=-1).to(value.dtype)
     pattern = _run(hooks, "pattern", pattern)
     if dropout > 0.0 and module.training:
         pattern = torch.nn.functional.dropout(pattern, p=dropout)

@@ -38,18 +38,35 @@ class Family:
     norm: str                     # "layernorm" or "rmsnorm"
     mlp_up: str | None            # gated MLPs: the linear branch multiplied by act(gate); W_in
     attn_weights: Callable[[nn.Module, "ModelShape"], Weights]  # W_Q.. b_O of one block's attention
+    qkv: tuple[str, str, str]     # the modules whose outputs hold q, k and v (one fused module, or three)
+    qkv_layout: str               # "fused": [q | k | v] (GPT-2); "per_head": [head, (q k v), d_head] (NeoX);
+                                  # "separate": one module each (Llama, Qwen2)
+    act_fn: Callable[[object], str]  # the MLP's activation, in TransformerLens's spelling
     parallel_residual: Callable[[object], bool] = lambda config: False
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelShape:
+    """The model's dimensions and settings, named as TransformerLens's `cfg` names them."""
+
     n_layers: int
     n_heads: int
-    n_kv_heads: int
+    n_kv_heads: int               # key/value heads: fewer than n_heads in grouped-query attention
     d_model: int
     d_head: int
     d_mlp: int
     d_vocab: int
+    n_ctx: int                    # the longest input the model takes
+    act_fn: str                   # the MLP's activation, e.g. "gelu_new", "silu"
+    normalization_type: str       # "LN" (LayerNorm) or "RMS" (RMSNorm)
+    positional_embedding_type: str  # "standard" (learned) or "rotary"
+    model_name: str
+    device: torch.device | None = None  # kept up to date by HookedModel
+
+    @property
+    def n_key_value_heads(self) -> int:
+        """TransformerLens's name for n_kv_heads."""
+        return self.n_kv_heads
 
 
 def _zeros(shape: ModelShape, *dims: int, like: torch.Tensor) -> torch.Tensor:
@@ -99,16 +116,20 @@ def _llama_attn(block: nn.Module, s: ModelShape) -> Weights:
 FAMILIES = [
     Family("GPT-2", ("gpt2",), embed="transformer.wte", pos_embed="transformer.wpe", blocks="transformer.h",
            ln_final="transformer.ln_f", ln1="ln_1", attn="attn", ln2="ln_2", mlp="mlp",
-           mlp_in="mlp.c_fc", mlp_out="mlp.c_proj", norm="layernorm", mlp_up=None, attn_weights=_gpt2_attn),
+           mlp_in="mlp.c_fc", mlp_out="mlp.c_proj", norm="layernorm", mlp_up=None, attn_weights=_gpt2_attn,
+           qkv=("attn.c_attn",) * 3, qkv_layout="fused", act_fn=lambda c: c.activation_function),
     Family("GPT-NeoX/Pythia", ("gpt_neox",), embed="gpt_neox.embed_in", pos_embed=None, blocks="gpt_neox.layers",
            ln_final="gpt_neox.final_layer_norm", ln1="input_layernorm", attn="attention",
            ln2="post_attention_layernorm", mlp="mlp", mlp_in="mlp.dense_h_to_4h", mlp_out="mlp.dense_4h_to_h",
            norm="layernorm", mlp_up=None, attn_weights=_neox_attn,
+           qkv=("attention.query_key_value",) * 3, qkv_layout="per_head", act_fn=lambda c: c.hidden_act,
            parallel_residual=lambda config: bool(getattr(config, "use_parallel_residual", True))),
     Family("Llama/Qwen2", ("llama", "qwen2"), embed="model.embed_tokens", pos_embed=None, blocks="model.layers",
            ln_final="model.norm", ln1="input_layernorm", attn="self_attn",
            ln2="post_attention_layernorm", mlp="mlp", mlp_in="mlp.gate_proj", mlp_out="mlp.down_proj",
-           norm="rmsnorm", mlp_up="mlp.up_proj", attn_weights=_llama_attn),
+           norm="rmsnorm", mlp_up="mlp.up_proj", attn_weights=_llama_attn,
+           qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), qkv_layout="separate",
+           act_fn=lambda c: c.hidden_act),
 ]
 SUPPORTED = ", ".join(f.name for f in FAMILIES)
 
@@ -121,22 +142,49 @@ def family_of(model_type: str) -> Family:
                       "(for example 'gpt2', 'EleutherAI/pythia-70m', 'Qwen/Qwen2-0.5B').")
 
 
-def model_shape(config) -> ModelShape:
+def model_shape(config, family: Family) -> ModelShape:
     """Read the TransformerLens-style dimensions off a Hugging Face config."""
     n_heads = config.num_attention_heads
     d_model = config.hidden_size
     d_head = getattr(config, "head_dim", None) or d_model // n_heads
     d_mlp = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d_model
+    n_ctx = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     return ModelShape(n_layers=config.num_hidden_layers, n_heads=n_heads,
                       n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
-                      d_model=d_model, d_head=d_head, d_mlp=d_mlp, d_vocab=config.vocab_size)
+                      d_model=d_model, d_head=d_head, d_mlp=d_mlp, d_vocab=config.vocab_size, n_ctx=n_ctx,
+                      act_fn=family.act_fn(config), normalization_type="LN" if family.norm == "layernorm" else "RMS",
+                      positional_embedding_type="standard" if family.pos_embed else "rotary",
+                      model_name=getattr(config, "_name_or_path", "") or config.model_type)
+
+
+def qkv_view(family: Family, output: torch.Tensor, which: int, s: ModelShape) -> torch.Tensor:
+    """q (which=0), k (1) or v (2) as a view [batch, pos, head, d_head] of its projection's output."""
+    if family.qkv_layout == "separate":
+        return output.unflatten(-1, (-1, s.d_head))
+    if family.qkv_layout == "fused":
+        return output.split(s.n_heads * s.d_head, dim=-1)[which].unflatten(-1, (s.n_heads, s.d_head))
+    return output.unflatten(-1, (s.n_heads, 3, s.d_head))[..., which, :]
+
+
+def qkv_write(family: Family, output: torch.Tensor, which: int, new: torch.Tensor, s: ModelShape) -> torch.Tensor:
+    """The projection's output with q, k or v replaced by `new` [batch, pos, head, d_head]."""
+    if family.qkv_layout == "separate":
+        return new.flatten(-2)
+    if family.qkv_layout == "fused":
+        parts = list(output.split(s.n_heads * s.d_head, dim=-1))
+        parts[which] = new.flatten(-2)
+        return torch.cat(parts, dim=-1)
+    out = output.unflatten(-1, (s.n_heads, 3, s.d_head)).clone()
+    out[..., which, :] = new
+    return out.flatten(-3)
 
 
 def check_layout(model: nn.Module, family: Family) -> None:
     """Confirm every path of the adapter exists in this model, so a mismatch fails at load time."""
     paths = [family.embed, family.blocks, family.ln_final] + ([family.pos_embed] if family.pos_embed else [])
     block0 = f"{family.blocks}.0"
-    paths += [f"{block0}.{p}" for p in (family.ln1, family.attn, family.ln2, family.mlp, family.mlp_in, family.mlp_out)]
+    paths += [f"{block0}.{p}" for p in (family.ln1, family.attn, family.ln2, family.mlp, family.mlp_in, family.mlp_out,
+                                         *family.qkv)]
     for path in paths:
         try:
             model.get_submodule(path)

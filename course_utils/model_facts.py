@@ -50,7 +50,7 @@ def repeat_losses(logits: torch.Tensor, tokens: torch.Tensor, seq_len: int) -> t
 def induction_facts(model: HookedModel, seq_len: int = 50, batch: int = 32, seed: int = 0) -> dict:
     tokens = repeated_tokens(batch, seq_len, model.cfg.d_vocab, bos_id=model.bos_token_id, seed=seed, low=1)
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
-    patterns = cache.stack("pattern")
+    patterns = cache.stack_activation("pattern")
     ind, prev = induction_scores(patterns, seq_len), prev_token_scores(patterns)
     first, second = repeat_losses(logits, tokens.to(logits.device), seq_len)
     il, ih = divmod(int(ind.argmax()), model.cfg.n_heads)

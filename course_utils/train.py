@@ -1,9 +1,12 @@
 """Grow the course's bundled model: a byte-level BPE tokenizer and a small GPT-2, trained on the
 Python standard library's source.
 
-    python -m course_utils.train                      # the shipped model (about 40-60 min on 2 CPU cores)
+    python -m course_utils.train                      # the 2-layer bundled model (about 40-60 min on 2 CPU cores)
+    python -m course_utils.train --model course-4l    # the 4-layer one, with the 2-layer model's tokenizer
     python -m course_utils.train --resume             # carry on from the last checkpoint in --run-dir
     python -m course_utils.train --total-tokens 2e6   # a quick look
+
+`--model` picks one of the course's recipes (PRESETS); any option given as well overrides it.
 
 The run is deterministic given --seed (on the same machine and torch build), shows a progress bar,
 saves a resumable checkpoint every few minutes, prints held-out loss and induction-head scores as
@@ -28,6 +31,17 @@ from course_utils.data import chunk_tokens, repeated_tokens, stdlib_corpus, toke
 
 BUNDLED_DIR = Path(__file__).parent / "bundled_model"
 SPECIAL = "<|endoftext|>"
+
+# The course's bundled models: what differs from TrainConfig's defaults, where the model goes, and
+# whose tokenizer it reuses (None: train a new one). The 4-layer model shares the 2-layer model's
+# tokenizer, so token ids, corpora and vocabulary-sized tables are the same in every notebook.
+PRESETS = {
+    "course-2l": dict(overrides={}, out=BUNDLED_DIR, tokenizer=None, ship_snapshots=True),
+    # Its snapshots stay in the run folder (measured in its card): shipping them would pass the
+    # package's size budget.
+    "course-4l": dict(overrides=dict(n_layer=4, snapshot_tokens=(2e6, 6e6, 12e6)),
+                      out=Path(__file__).parent / "bundled_model_4l", tokenizer=BUNDLED_DIR, ship_snapshots=False),
+}
 
 
 @dataclass
@@ -140,19 +154,29 @@ def save_model(model, tokenizer, out_dir: Path, extra: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=BUNDLED_DIR, help="where the final model goes")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/bundled_model"),
-                        help="resumable checkpoints and the tokenizer in progress")
+    parser.add_argument("--model", choices=sorted(PRESETS), default="course-2l",
+                        help="which bundled model to grow (its architecture, output folder and tokenizer)")
+    parser.add_argument("--out", type=Path, default=None, help="where the final model goes (default: the preset's)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="resumable checkpoints and the tokenizer in progress (default: runs/<model>)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="reuse the tokenizer saved in this folder instead of training one")
     parser.add_argument("--resume", action="store_true", help="carry on from --run-dir/checkpoint.pt")
     for field, default in asdict(TrainConfig()).items():
         if isinstance(default, (int, float)) and not isinstance(default, bool):
-            parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
+            parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=None,
+                                help=f"default {default} (or the preset's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="save a checkpoint and stop after this many steps (carry on later with --resume)")
     parser.add_argument("--max-files", type=int, default=None, help="train on the first N files only (quick tests)")
     args = parser.parse_args(argv)
-    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if hasattr(args, k)})
+    preset = PRESETS[args.model]
+    given = {k: getattr(args, k) for k in asdict(TrainConfig()) if getattr(args, k, None) is not None}
+    cfg = TrainConfig(**{**preset["overrides"], **given})
+    args.out = args.out or preset["out"]
+    args.run_dir = args.run_dir or Path("runs") / args.model
+    tokenizer_source = args.tokenizer or preset["tokenizer"]
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     run_dir: Path = args.run_dir
@@ -163,9 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_files:
         train_corpus.texts, train_corpus.paths = train_corpus.texts[:args.max_files], train_corpus.paths[:args.max_files]
     tok_dir = run_dir / "tokenizer"
-    if args.resume and tok_dir.exists():
+    if (args.resume and tok_dir.exists()) or tokenizer_source:
         from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir if args.resume and tok_dir.exists() else tokenizer_source)
+        save_tokenizer(tokenizer, tok_dir)
+        if len(tokenizer) != cfg.vocab_size:
+            parser.error(f"the tokenizer in {tokenizer_source} has {len(tokenizer)} tokens, not --vocab-size {cfg.vocab_size}")
     else:
         tokenizer = train_tokenizer(train_corpus.texts, cfg.vocab_size)
         save_tokenizer(tokenizer, tok_dir)
@@ -238,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
               "train_files": len(train_corpus.texts), "heldout_files": len(held_corpus.texts),
               "train_tokens": train_rows.numel(), "heldout_tokens": held_rows.numel(), "history": history}
     save_model(model, tokenizer, args.out, record)
-    if (run_dir / "checkpoints").exists():
+    if preset["ship_snapshots"] and (run_dir / "checkpoints").exists():
         dest = args.out / "checkpoints"
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(run_dir / "checkpoints", dest)

@@ -111,8 +111,20 @@ def test_patching_with_itself_changes_nothing_at_every_hook(family_case):
     assert close(model.run_with_hooks(tokens, hooks), ref.logits, atol=1e-4)
 
 
-@pytest.mark.parametrize("point", ["hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_attn_out",
-                                   "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post"])
+POINTS = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+          "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
+          "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post"]
+
+
+def test_hook_names_are_every_point_in_forward_order(family_case):
+    _, model, _, _ = family_case
+    per_block = [p for p in POINTS if not (model.parallel_residual and p == "hook_resid_mid")]
+    expected = ["hook_embed"] + (["hook_pos_embed"] if model.family.pos_embed else [])
+    expected += [f"blocks.{l}.{p}" for l in range(model.cfg.n_layers) for p in per_block]
+    assert model.hook_names == expected + ["ln_final.hook_scale", "ln_final.hook_normalized"]
+
+
+@pytest.mark.parametrize("point", POINTS)
 def test_every_patch_takes_effect(family_case, point):
     _, model, tokens, ref = family_case
     name = f"blocks.1.{point}"
@@ -120,6 +132,8 @@ def test_every_patch_takes_effect(family_case, point):
         pytest.skip("parallel residual: no resid_mid")
     if point == "attn.hook_pattern":  # all attention on the first token
         fn = lambda act, name: torch.zeros_like(act).index_fill(-1, torch.tensor([0]), 1.0)
+    elif point.endswith("hook_scale"):  # a scale of zero would divide by zero
+        fn = lambda act, name: act * 3
     else:
         fn = lambda act, name: torch.zeros_like(act)
     _, cache = model.run_with_cache(tokens)
@@ -129,6 +143,33 @@ def test_every_patch_takes_effect(family_case, point):
     assert close(patched[name], fn(cache[name], name)), "the cache should see the patched value"
     if point == "hook_resid_mid":  # the block's own residual add must carry the patch
         assert close(patched["resid_post", 1], patched["mlp_out", 1])
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_in_place_edits_take_effect(family_case, point):
+    """ARENA's hooks often edit the activation in place and return nothing (or the same tensor)."""
+    _, model, tokens, ref = family_case
+    name = f"blocks.1.{point}"
+    if name not in model.hook_names:
+        pytest.skip("parallel residual: no resid_mid")
+
+    def edit(act, hook):
+        if point == "attn.hook_pattern":
+            act.zero_()
+            act[..., 0] = 1.0
+        elif point.endswith("hook_scale"):
+            act.mul_(3)
+        else:
+            act[:, 2:] = 0.0
+
+    def replace(act, hook):
+        new = act.clone()
+        edit(new, hook)
+        return new
+
+    in_place = model.run_with_hooks(tokens, [(name, edit)])
+    assert (in_place - ref.logits).abs().max() > 1e-3
+    assert close(in_place, model.run_with_hooks(tokens, [(name, replace)]))
 
 
 def test_hook_gets_its_name_and_runs_in_forward_order(family_case):
@@ -197,7 +238,7 @@ def test_cache_shorthand_and_stack(family_case):
     assert cache["pattern", 1] is cache["blocks.1.attn.hook_pattern"]
     assert cache["pre", 0] is cache["blocks.0.mlp.hook_pre"]
     assert cache["embed"] is cache["hook_embed"]
-    assert cache.stack("resid_post").shape == (model.cfg.n_layers, 2, 12, model.cfg.d_model)
+    assert cache.stack_activation("resid_post").shape == (model.cfg.n_layers, 2, 12, model.cfg.d_model)
     assert cache["z", 0].shape == (2, 12, model.cfg.n_heads, model.cfg.d_head)
     assert cache["pre", 0].shape == (2, 12, model.cfg.d_mlp)
     assert not cache["resid_pre", 0].requires_grad

@@ -77,7 +77,21 @@ def bench_hooks(batch: int, pos: int, rounds: int) -> None:
         with torch.no_grad():
             model(tokens)
 
-    variants = {"plain forward": plain, "run_with_cache (residual stream only)": cache_resid,
+    from transformers import AutoModelForCausalLM
+
+    from course_utils import BUNDLED_MODEL
+    hf_models = {impl: AutoModelForCausalLM.from_pretrained(BUNDLED_MODEL, dtype=torch.float32, attn_implementation=impl).eval()
+                 for impl in ("eager", "sdpa")}
+
+    def hf_plain(impl):
+        def run():
+            with torch.no_grad():
+                hf_models[impl](input_ids=tokens, use_cache=False)
+        return run
+
+    variants = {"plain forward": plain, "transformers alone (eager attention)": hf_plain("eager"),
+                "transformers alone (sdpa attention)": hf_plain("sdpa"),
+                "run_with_cache (residual stream only)": cache_resid,
                 "run_with_cache (every hook)": cache_all, "transformers hidden_states + attentions": hf_outputs}
     times = time_variants(variants, rounds)
     base = min(times["plain forward"])
@@ -117,6 +131,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--pos", type=int, default=256)
     parser.add_argument("--skip-notebooks", action="store_true")
+    parser.add_argument("--notebooks", nargs="*", default=None, help="only these notebook names (e.g. 03_logit_lens)")
     args = parser.parse_args()
     bench_load(5)
     bench_hooks(args.batch, args.pos, args.rounds)
@@ -125,6 +140,8 @@ def main() -> None:
         print(f"{'notebook':40} {'seconds':>8} {'peak MiB':>9}")
         for folder in ("solutions", "notebooks"):
             for path in sorted((ROOT / folder).glob("*.ipynb")):
+                if args.notebooks and path.stem not in args.notebooks:
+                    continue
                 seconds, mib = bench_notebook(path)
                 print(f"{folder + '/' + path.name:40} {seconds:8.1f} {mib:9.0f}")
 

@@ -27,7 +27,7 @@ induction_scores = model_facts.induction_scores      # (patterns, seq_len) -> [l
 def cache_patterns(model: HookedModel, tokens: torch.Tensor) -> torch.Tensor:
     """Every layer's attention pattern on `tokens` [batch, pos]: [n_layers, batch, head, q, k]."""
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_pattern"))
-    return cache.stack("pattern")
+    return cache.stack_activation("pattern")
 
 
 def current_token_scores(patterns: torch.Tensor) -> torch.Tensor:
@@ -190,7 +190,7 @@ def check_cache_patterns(fn: Callable, model: HookedModel) -> Callable:
         want = (L, toks.shape[0], model.cfg.n_heads, toks.shape[1], toks.shape[1])
         if isinstance(got, torch.Tensor) and tuple(got.shape) != want:
             return (f"expected [n_layers, batch, head, query_pos, key_pos] = {want}, got {tuple(got.shape)}. "
-                    "Stack the layers along a new first axis: cache.stack('pattern') or torch.stack([...]).")
+                    "Stack the layers along a new first axis: cache.stack_activation('pattern') or torch.stack([...]).")
         return None
 
     mistakes = {"layers and batch are swapped: put the layer axis first, [n_layers, batch, head, q, k]":
