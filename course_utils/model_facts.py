@@ -10,16 +10,15 @@ Every measurement is a small function that takes a `HookedModel`, so notebooks a
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
-import tokenize
 
 import torch
 
 from course_utils.data import repeated_tokens, stdlib_corpus
 from course_utils.hooked_model import HookedModel
 from course_utils.lens import logit_lens
+from course_utils.token_labels import code_windows
 
 
 # ---- attention-head scores ------------------------------------------------------------------------
@@ -64,40 +63,10 @@ def induction_facts(model: HookedModel, seq_len: int = 50, batch: int = 32, seed
 
 # ---- held-out text -----------------------------------------------------------------------------------
 def heldout_windows(model: HookedModel, max_tokens: int = 60_000, window: int = 256):
-    """Held-out source files cut into windows `[BOS] + window-1 tokens`, with each token's character
-    span, whether it lies inside a string literal, and its text. Deterministic."""
-    rows, texts, in_string = [], [], []
-    for source in stdlib_corpus("heldout").texts:
-        enc = model.tokenizer(source, add_special_tokens=False, return_offsets_mapping=True)
-        ids, spans = enc["input_ids"], enc["offset_mapping"]
-        strings = _string_spans(source)
-        for start in range(0, len(ids) - window + 1, window - 1):
-            chunk = slice(start, start + window - 1)
-            rows.append([model.bos_token_id] + ids[chunk])
-            texts.append([""] + [source[a:b] for a, b in spans[chunk]])
-            in_string.append([False] + [any(s <= a and b <= e for s, e in strings) for a, b in spans[chunk]])
-            if len(rows) * window >= max_tokens:
-                return torch.tensor(rows), texts, torch.tensor(in_string)
-    return torch.tensor(rows), texts, torch.tensor(in_string)
-
-
-def _string_spans(source: str) -> list[tuple[int, int]]:
-    """Character spans of the insides of string literals (quotes excluded)."""
-    line_starts = [0]
-    for line in source.splitlines(keepends=True):
-        line_starts.append(line_starts[-1] + len(line))
-    spans = []
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type == tokenize.STRING:
-                a = line_starts[tok.start[0] - 1] + tok.start[1]
-                b = line_starts[tok.end[0] - 1] + tok.end[1]
-                prefix = len(tok.string) - len(tok.string.lstrip("rbuRBUfF"))
-                quote = 3 if tok.string[prefix:prefix + 3] in ('"""', "'''") else 1
-                spans.append((a + prefix + quote, b - quote))
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        pass
-    return spans
+    """Held-out source files cut into windows `[BOS] + window-1 tokens`: (tokens, texts, in_string).
+    See `token_labels.code_windows`, which also labels every token."""
+    w = code_windows(model, max_tokens=max_tokens, window=window)
+    return w.tokens, w.texts, w.in_string
 
 
 @torch.no_grad()
