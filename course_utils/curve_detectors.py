@@ -2,7 +2,7 @@
 tuning curves over synthetic stimuli, a classification of units by their tuning, feature
 visualisation, the circuit read from the weights, and matching units across networks.
 
-    arcs = vision.arc_sweep(torch.arange(0, 360, 5.0))        # [72, n_variants, 1, 32, 32]
+    arcs = vision.arc_sweep(torch.arange(0, 360, 5.0))        # [72, 9, 1, 32, 32]: 9 shifted copies of each
     arc_tuning = tuning_curve(net, 3, arcs)                     # [72, 32]: response above a blank image
     kinds = classify_units(arc_tuning, tuning_curve(net, 3, vision.line_sweep(torch.arange(0, 180, 5.0))))
 
@@ -142,7 +142,7 @@ def feature_visualisation(net: vision.CurveNet, layer: int, units: list[int] | t
     return (images * window).detach()
 
 
-def image_orientation(images: torch.Tensor, step_deg: float = 5.0, radius: float = 7.0) -> torch.Tensor:
+def image_orientation(images: torch.Tensor, step_deg: float = 5.0, radius: float = vision.ARC_RADIUS) -> torch.Tensor:
     """The arc orientation each image [n, 1, H, W] matches best (degrees), by correlating it with
     arc templates at every orientation and every position. Returns [n]."""
     orientations = torch.arange(0, 360, step_deg)
@@ -160,7 +160,7 @@ def angle_difference(a: torch.Tensor, b: torch.Tensor, period: float = 360.0) ->
 
 # ----------------------------------------------------------------------------- circuits
 
-def arc_tangents(orientation_deg: float, radius: float = 7.0, stride: float = 4.0, kernel: int = 3) -> torch.Tensor:
+def arc_tangents(orientation_deg: float, radius: float = vision.ARC_RADIUS, stride: float = 4.0, kernel: int = 3) -> torch.Tensor:
     """The tangent orientation (degrees in [0, 180)) of an arc bulging towards `orientation_deg`, whose
     midpoint is the kernel's centre, at each kernel position [kernel, kernel] (rows: y, columns: x), the
     positions `stride` pixels apart: the tangent of the circle where it passes nearest each position."""
@@ -205,15 +205,17 @@ def probe_images() -> torch.Tensor:
     return torch.cat(arcs + lines + [vision.corner_images(orientations)] + rings)
 
 
-def best_matches(responses_a: torch.Tensor, responses_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each unit of network A, the unit of network B whose responses correlate best with it.
-
-    responses_a [n_images, units_a], responses_b [n_images, units_b] -> (correlation [units_a], index
-    [units_a]). A unit that never varies correlates 0 with everything."""
+def correlations(responses_a: torch.Tensor, responses_b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation over images of every unit of A with every unit of B.
+    responses_a [n_images, units_a], responses_b [n_images, units_b] -> [units_a, units_b]; a unit
+    that never varies correlates 0 with everything."""
     za = responses_a - responses_a.mean(0)
     zb = responses_b - responses_b.mean(0)
-    za = za / za.norm(dim=0).clamp_min(1e-8)
-    zb = zb / zb.norm(dim=0).clamp_min(1e-8)
-    corr = za.T @ zb                                                           # [units_a, units_b]
-    best = corr.max(1)
+    return (za / za.norm(dim=0).clamp_min(1e-8)).T @ (zb / zb.norm(dim=0).clamp_min(1e-8))
+
+
+def best_matches(responses_a: torch.Tensor, responses_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each unit of network A, the unit of network B whose responses correlate best with it.
+    responses_a [n_images, units_a], responses_b [n_images, units_b] -> (correlation [units_a], index [units_a])."""
+    best = correlations(responses_a, responses_b).max(1)
     return best.values, best.indices

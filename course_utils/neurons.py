@@ -3,7 +3,7 @@ neuron (never the start token), and precision and recall against exact token lab
 
     acts = mlp_activations(model, windows.tokens, layer=1)            # [batch, pos, d_mlp]
     values, rows, positions = top_activations(acts, neuron=913, k=20)
-    precision, recall = precision_recall(acts[valid] > threshold, windows.labels[valid], len(LABELS))
+    precision, recall = precision_recall(acts[valid] > threshold, concepts)   # concepts [n_tokens, n_concepts]
 """
 
 from __future__ import annotations
@@ -26,14 +26,21 @@ def top_activations(acts: torch.Tensor, neuron: int, k: int) -> tuple[torch.Tens
     return values, flat // a.shape[1], flat % a.shape[1] + 1           # + 1: position 0 was skipped
 
 
-def precision_recall(fires: torch.Tensor, labels: torch.Tensor, n_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every unit and label: precision P(label | fires) and recall P(fires | label).
+def precision_recall(fires: torch.Tensor, concepts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every unit and concept: precision P(concept | fires) and recall P(fires | concept).
 
-    fires [n_tokens, n_units] bool, labels [n_tokens] long in [0, n_labels).
-    Returns (precision, recall), each [n_units, n_labels] float32; 0 where a unit never fires or a
-    label never occurs (rather than 0 / 0)."""
-    onehot = torch.nn.functional.one_hot(labels, n_labels).float()    # [n_tokens, n_labels]
-    hits = fires.float().T @ onehot                                    # [n_units, n_labels]: fires and has the label
+    fires [n_tokens, n_units] bool, concepts [n_tokens, n_concepts] bool (a token may belong to several).
+    Returns (precision, recall), each [n_units, n_concepts] float32; 0 where a unit never fires or a
+    concept never occurs (rather than 0 / 0)."""
+    hits = fires.float().T @ concepts.float()                          # [n_units, n_concepts]: fires and belongs
     precision = hits / fires.sum(0).clamp_min(1)[:, None]
-    recall = hits / onehot.sum(0).clamp_min(1)
+    recall = hits / concepts.sum(0).clamp_min(1)
     return precision, recall
+
+
+def context(texts: list[list[str]], row: int, pos: int, before: int = 12, after: int = 3) -> str:
+    """The text around token `pos` of row `row`, that token marked ⟦like this⟧, newlines shown as ⏎."""
+    def show(pieces: list[str]) -> str:
+        return "".join(pieces).replace("\n", "⏎")
+    line = texts[row]
+    return show(line[max(0, pos - before):pos]) + "⟦" + show([line[pos]]) + "⟧" + show(line[pos + 1:pos + 1 + after])

@@ -97,6 +97,19 @@ def random_direction_accuracy(X_train: torch.Tensor, y_train: torch.Tensor, X_te
     return sum(accs) / n
 
 
+def best_single_unit_accuracy(X_train: torch.Tensor, y_train: torch.Tensor, X_test: torch.Tensor,
+                              y_test: torch.Tensor) -> tuple[float, int]:
+    """The best probe that reads one coordinate (one neuron) alone: for each unit, threshold halfway
+    between the two classes' means (on the side the positives lie); pick the unit that does best on the
+    training set and return its test accuracy and its index."""
+    pos, neg = X_train[y_train].mean(0), X_train[~y_train].mean(0)          # [d]
+    threshold, sign = (pos + neg) / 2, torch.where(pos >= neg, 1.0, -1.0)
+    train_acc = ((sign * (X_train - threshold) > 0) == y_train[:, None]).float().mean(0)
+    best = int(train_acc.argmax())
+    test_acc = ((sign[best] * (X_test[:, best] - threshold[best]) > 0) == y_test).float().mean().item()
+    return test_acc, best
+
+
 def steering_hook(direction: torch.Tensor, scale: float) -> Hook:
     """A hook that adds scale · direction to the activation at every position: fn(activation, hook)."""
     def hook(activation: torch.Tensor, hook) -> torch.Tensor:

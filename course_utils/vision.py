@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 
 SIZE = 32                                                   # images are SIZE × SIZE
 CLASSES = ("circle", "arc", "line", "corner", "triangle", "square")
+ARC_RADIUS, ARC_SPAN = 8.0, 120.0                           # the arc used to measure units (pixels, degrees)
+LINE_LENGTH = ARC_RADIUS * math.radians(ARC_SPAN)           # a line with as much ink as that arc (16.8 px)
 
 
 # ----------------------------------------------------------------------------- distance fields
@@ -83,7 +85,7 @@ def _offset(offset: tuple[float, float]) -> torch.Tensor:
     return SIZE / 2 + torch.tensor(offset, dtype=torch.float32)
 
 
-def arc_images(orientations_deg: torch.Tensor, radius: float = 7.0, span_deg: float = 120.0, width: float = 1.5,
+def arc_images(orientations_deg: torch.Tensor, radius: float = ARC_RADIUS, span_deg: float = ARC_SPAN, width: float = 1.5,
                offset: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
     """Arcs whose midpoint sits at the image centre (moved by `offset` pixels), bulging towards each
     orientation (degrees; 0 is to the right, 90 is down). [n] -> images [n, 1, SIZE, SIZE]."""
@@ -95,7 +97,7 @@ def arc_images(orientations_deg: torch.Tensor, radius: float = 7.0, span_deg: fl
     return render(d, width)[:, None]
 
 
-def line_images(orientations_deg: torch.Tensor, length: float = 12.0, width: float = 1.5,
+def line_images(orientations_deg: torch.Tensor, length: float = LINE_LENGTH, width: float = 1.5,
                 offset: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
     """Straight segments centred on the image centre (moved by `offset`), at each orientation (degrees).
     [n] -> [n, 1, SIZE, SIZE]."""
@@ -120,16 +122,16 @@ def corner_images(orientations_deg: torch.Tensor, opening_deg: float = 90.0, arm
 SHIFTS = tuple((dx, dy) for dx in (-1.5, 0.0, 1.5) for dy in (-1.5, 0.0, 1.5))
 
 
-def arc_sweep(orientations_deg: torch.Tensor, radii: tuple[float, ...] = (5.0, 7.0, 9.0),
-              shifts: tuple[tuple[float, float], ...] = SHIFTS, span_deg: float = 120.0) -> torch.Tensor:
-    """Each orientation drawn as several variants (every radius at every sub-pixel shift), so that a
-    tuning curve averages out where the stroke falls on the pixel grid.
+def arc_sweep(orientations_deg: torch.Tensor, radii: tuple[float, ...] = (ARC_RADIUS,),
+              shifts: tuple[tuple[float, float], ...] = SHIFTS, span_deg: float = ARC_SPAN) -> torch.Tensor:
+    """Each orientation drawn as several variants (every radius at every shift of up to 1.5 pixels), so
+    that a tuning curve averages out where the stroke falls on the pixel grid.
     [n] -> [n, n_variants, 1, SIZE, SIZE]."""
     variants = [arc_images(orientations_deg, r, span_deg, offset=s) for r in radii for s in shifts]
     return torch.stack(variants, 1)
 
 
-def line_sweep(orientations_deg: torch.Tensor, lengths: tuple[float, ...] = (12.0,),
+def line_sweep(orientations_deg: torch.Tensor, lengths: tuple[float, ...] = (LINE_LENGTH,),
                shifts: tuple[tuple[float, float], ...] = SHIFTS) -> torch.Tensor:
     """Lines at each orientation, in variants as `arc_sweep`. [n] -> [n, n_variants, 1, SIZE, SIZE]."""
     return torch.stack([line_images(orientations_deg, n, offset=s) for n in lengths for s in shifts], 1)
@@ -243,7 +245,7 @@ class TrainResult:
     losses: list[float]
 
 
-def train_curve_net(seed: int = 0, steps: int = 900, n_train: int = 8192, batch_size: int = 128, lr: float = 3e-3,
+def train_curve_net(seed: int = 0, steps: int = 700, n_train: int = 8192, batch_size: int = 128, lr: float = 3e-3,
                     weight_decay: float = 0.05, progress: bool = True) -> TrainResult:
     """Train a CurveNet to tell the six classes apart: AdamW, one-cycle learning rate, fresh noise and
     flips every batch. The seed fixes the initialisation, the training images and their order."""
@@ -255,15 +257,16 @@ def train_curve_net(seed: int = 0, steps: int = 900, n_train: int = 8192, batch_
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     losses = []
-    for _ in tqdm(range(steps), desc=f"training CurveNet (seed {seed})", disable=not progress, mininterval=1):
-        idx = torch.randint(n_train, (batch_size,), generator=g)
-        batch = augment(images[idx], g).contiguous(memory_format=torch.channels_last)
-        loss = nn.functional.cross_entropy(net(batch), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    with torch.enable_grad():                                   # also where a notebook switched gradients off
+        for _ in tqdm(range(steps), desc=f"training CurveNet (seed {seed})", disable=not progress, mininterval=1):
+            idx = torch.randint(n_train, (batch_size,), generator=g)
+            batch = augment(images[idx], g).contiguous(memory_format=torch.channels_last)
+            loss = nn.functional.cross_entropy(net(batch), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
     net = net.to(memory_format=torch.contiguous_format).eval().requires_grad_(False)
     with torch.no_grad():
         noisy = augment(test_images, torch.Generator().manual_seed(1))

@@ -338,11 +338,12 @@ def test_top_activations_rejects_rows_and_positions_swapped():
 
 
 WRONG_PRS = {
-    "swapped": (lambda f, l, n: neurons.precision_recall(f, l, n)[::-1], "swapped"),
+    "swapped": (lambda f, c: neurons.precision_recall(f, c)[::-1], "swapped"),
     "nan for 0 / 0": (checks._pr_nan, "0 / 0"),
-    "counts, not rates": (lambda f, l, n: (lambda h: (h, h))(f.float().T @ torch.nn.functional.one_hot(l, n).float()), None),
-    "transposed": (lambda f, l, n: tuple(x.T for x in neurons.precision_recall(f, l, n)), "shape"),
-    "float64": (lambda f, l, n: tuple(x.double() for x in neurons.precision_recall(f, l, n)), "dtype"),
+    "counts, not rates": (lambda f, c: (lambda h: (h, h))(f.float().T @ c.float()), None),
+    "transposed": (lambda f, c: tuple(x.T for x in neurons.precision_recall(f, c)), "shape"),
+    "float64": (lambda f, c: tuple(x.double() for x in neurons.precision_recall(f, c)), "dtype"),
+    "recall over all tokens": (lambda f, c: (neurons.precision_recall(f, c)[0], (f.float().T @ c.float()) / len(f)), None),
 }
 
 
@@ -353,11 +354,11 @@ def test_precision_recall_rejects(name):
 
 
 def test_precision_recall_rejects_in_place():
-    def flips(fires, labels, n):
-        fires[:, 0] = ~fires[:, 0]
-        fires[:, 0] = ~fires[:, 0]
-        labels.clamp_(max=n - 2)
-        return neurons.precision_recall(fires, labels, n)
+    def flips(fires, concepts):
+        fires[:, 0] = ~fires[:, 0]                 # changes the input...
+        restored = fires.clone()
+        restored[:, 0] = ~restored[:, 0]           # ...and computes on the original values
+        return neurons.precision_recall(restored, concepts)
     rejects(checks.check_precision_recall, flips, match="in place")
 
 

@@ -271,27 +271,27 @@ def _top_with_bos(acts, neuron, k):
 
 
 def check_precision_recall(fn: Callable) -> Callable:
-    """precision[u, l] = P(label l | unit u fires), recall[u, l] = P(u fires | label l); 0 instead of 0 / 0."""
+    """precision[u, c] = P(concept c | unit u fires), recall[u, c] = P(u fires | c); 0 instead of 0 / 0."""
     g = _rng(6)
-    labels = torch.randint(0, 4, (50,), generator=g)
-    labels[labels == 3] = 2                                             # label 3 never occurs
+    labels = torch.randint(0, 3, (50,), generator=g)
+    concepts = torch.stack([labels == 0, labels == 1, labels == 2, torch.zeros(50, dtype=torch.bool),
+                            (labels == 1) & (torch.rand(50, generator=g) < 0.5)], 1)   # an absent and a nested concept
     fires = torch.rand(50, 5, generator=g) < 0.3
     fires[:, 4] = False                                                 # a unit that never fires
     T = neurons.precision_recall
     mistakes = {"precision and recall are swapped: precision divides by how often the unit fires":
-                    lambda f, l, n: T(f, l, n)[::-1],
-                "a unit that never fires (or a label that never occurs) should get 0, not 0 / 0 = nan":
-                    lambda f, l, n: _pr_nan(f, l, n)}
-    cases = [Case((fires, labels, 4), label="50 tokens, 5 units, label 3 absent, unit 4 silent"),
-             Case((fires[:, :2], labels, 4), label="two units"),
-             Case((torch.ones(6, 1, dtype=torch.bool), torch.tensor([0, 0, 1, 2, 2, 2]), 3), label="a unit that always fires")]
-    return run_check("precision_recall", fn, T, cases, properties=[_recognise(mistakes, T)], dims=("unit", "label"))
+                    lambda f, c: T(f, c)[::-1],
+                "a unit that never fires (or a concept that never occurs) should get 0, not 0 / 0 = nan": _pr_nan}
+    cases = [Case((fires, concepts), label="50 tokens, 5 units, 5 concepts (one absent, one inside another), unit 4 silent"),
+             Case((fires[:, :2], concepts[:, :3]), label="two units, three concepts"),
+             Case((torch.ones(6, 1, dtype=torch.bool), torch.tensor([[1, 0], [1, 0], [0, 1], [1, 1], [0, 1], [0, 1]]).bool()),
+                  label="a unit that always fires")]
+    return run_check("precision_recall", fn, T, cases, properties=[_recognise(mistakes, T)], dims=("unit", "concept"))
 
 
-def _pr_nan(fires, labels, n_labels):
-    onehot = torch.nn.functional.one_hot(labels, n_labels).float()
-    hits = fires.float().T @ onehot
-    return hits / fires.sum(0)[:, None], hits / onehot.sum(0)
+def _pr_nan(fires, concepts):
+    hits = fires.float().T @ concepts.float()
+    return hits / fires.sum(0)[:, None], hits / concepts.float().sum(0)
 
 
 def check_probe_loss(fn: Callable) -> Callable:
