@@ -15,7 +15,8 @@ For every notebook in solutions/ (found, not listed), the learner version and th
      for this step only;
   5. save (Ctrl+S), close the tab and check that its kernel stopped (the JupyterLab setting in
      tools/lab_settings) and that no tracked file changed.
-It also checks that the glyphs the course prints (✔ ○ ●) render with a real font, not as boxes.
+It also checks that the glyphs the course prints (✔ ○ ●) render with a real font, not as boxes,
+and reports any other character of a notebook's Markdown that no installed font has (emoji, say).
 Screenshots go to build/browser/. Playwright drives Debian's Chromium (/usr/bin/chromium); it
 never downloads a browser of its own.
 """
@@ -62,6 +63,7 @@ class Result:
     skipped: list[str] = field(default_factory=list)
     saved_kb: float = float("nan")
     stderr: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def free_port() -> int:
@@ -255,34 +257,53 @@ def check_wrong_answer(page: Page, server: Server, nb: dict, path: Path, shots: 
     return shown[0][:120]
 
 
-def check_glyphs(page: Page, client, shots: Path) -> list[str]:
-    """Render each glyph in an output area's font and a Markdown cell's font; compare with a missing
-    glyph (a box) and ask Chromium which font drew it."""
-    problems = []
+def drawn_as_box(page: Page, client, where: str, chars: list[str], shots: Path | None = None) -> dict[str, list[str]]:
+    """Render each character in the font of the first `where` element; return those drawn as a box
+    (the same pixels as a private-use character no font has), each with the fonts Chromium used."""
+    host = page.locator(where).first
     client.send("DOM.enable")
     client.send("CSS.enable")
-    for where in (".jp-OutputArea-output", ".jp-RenderedMarkdown"):
-        pngs = {}
-        host = page.locator(where).first
-        for glyph in list(GLYPHS) + ["\ue000"]:
-            host.evaluate("(el, g) => { let s = document.createElement('span'); s.id = 'glyph-probe';"
-                          "s.style.fontSize = '32px'; s.textContent = g; el.prepend(s); }", glyph)
-            probe = page.locator("#glyph-probe")
-            png = probe.screenshot()
-            node = client.send("DOM.querySelector", {"nodeId": client.send("DOM.getDocument")["root"]["nodeId"],
-                                                     "selector": "#glyph-probe"})["nodeId"]
-            fonts = [f["familyName"] for f in client.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]]
-            probe.evaluate("el => el.remove()")
-            if glyph == "\ue000":  # private use: no font has it, so this is what a box looks like
-                box = png
-                continue
-            (shots / f"glyph-{ord(glyph):x}-{where.strip('.')}.png").write_bytes(png)
-            if not fonts:
-                problems.append(f"{glyph} in {where}: no font")
-            FONTS_USED.setdefault(glyph, set()).update(fonts)
-            pngs[glyph] = png
-        problems += [f"{g} in {where} renders as a box (no font has it)" for g, png in pngs.items() if png == box]
-    return problems
+
+    def draw(char: str) -> tuple[bytes, list[str]]:
+        host.evaluate("(el, g) => { let s = document.createElement('span'); s.id = 'glyph-probe';"
+                      "s.style.fontSize = '32px'; s.textContent = g; el.prepend(s); }", char)
+        probe = page.locator("#glyph-probe")
+        png = probe.screenshot()
+        root = client.send("DOM.getDocument")["root"]["nodeId"]
+        node = client.send("DOM.querySelector", {"nodeId": root, "selector": "#glyph-probe"})["nodeId"]
+        fonts = [f["familyName"] for f in client.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]]
+        probe.evaluate("el => el.remove()")
+        return png, fonts
+
+    box, _ = draw("\ue000")
+    boxes = {}
+    for char in chars:
+        png, fonts = draw(char)
+        FONTS_USED.setdefault(char, set()).update(fonts)
+        if shots is not None:
+            (shots / f"glyph-{ord(char):x}-{where.strip('.')}.png").write_bytes(png)
+        if png == box:
+            boxes[char] = fonts
+    return boxes
+
+
+def check_glyphs(page: Page, shots: Path) -> str:
+    """The glyphs the course prints (✔ ○ ●) in an output's font and a Markdown cell's font."""
+    client = page.context.new_cdp_session(page)
+    problems = [f"{char} in {where} is drawn as a box" for where in (".jp-OutputArea-output", ".jp-RenderedMarkdown")
+                for char in drawn_as_box(page, client, where, list(GLYPHS), shots)]
+    if problems:
+        raise AssertionError("; ".join(problems))
+    return "✔ ○ ● drawn by a real font, not a box"
+
+
+def markdown_boxes(page: Page, nb: dict) -> list[str]:
+    """Every non-ASCII character of the notebook's Markdown that no installed font draws (an emoji,
+    say, on a machine without an emoji font). Reported, not failed."""
+    chars = sorted({ch for c in nb["cells"] if c["cell_type"] == "markdown" for ch in "".join(c["source"])
+                    if ord(ch) > 127 and ch.isprintable() and not ch.isspace()})
+    boxes = drawn_as_box(page, page.context.new_cdp_session(page), ".jp-RenderedMarkdown", chars) if chars else {}
+    return [" ".join(boxes)] if boxes else []
 
 
 def run_notebook(page: Page, server: Server, rel: str, nb: dict, version: str, shots: Path,
@@ -322,13 +343,8 @@ def run_notebook(page: Page, server: Server, rel: str, nb: dict, version: str, s
     if version == "learner":
         steps.append(("wrong answer", lambda: check_wrong_answer(page, server, nb, work / rel, shots, tag)))
     if not glyphs and version == "solution":
-        def glyph_step() -> str:
-            glyphs["done"] = True
-            problems = check_glyphs(page, page.context.new_cdp_session(page), shots)
-            if problems:
-                raise AssertionError("; ".join(problems))
-            return "✔ ○ ● drawn by a real font, not a box"
-        steps.append(("glyphs", glyph_step))
+        glyphs["checked"] = True
+        steps.append(("glyphs", lambda: check_glyphs(page, shots)))
     for step in filter(None, steps):
         label, fn = step
         try:
@@ -339,6 +355,9 @@ def run_notebook(page: Page, server: Server, rel: str, nb: dict, version: str, s
             res.failed.append(f"{label}: {str(e).splitlines()[0][:300]}")
     if page_errors:
         res.failed.append(f"page errors: {page_errors[:3]}")
+    if version == "solution":
+        with contextlib.suppress(Exception):
+            res.notes += [f"Markdown characters drawn as boxes (no font has them here): {b}" for b in markdown_boxes(page, nb)]
 
     save(page, work / rel)
     res.saved_kb = (work / rel).stat().st_size / 1024
@@ -404,6 +423,8 @@ def main() -> int:
                         print(f"      skipped {line}")
                     for line in res.stderr[:3]:
                         print(f"      stderr  {line}")
+                    for line in res.notes:
+                        print(f"      note    {line}")
             browser.close()
     finally:
         server.stop()

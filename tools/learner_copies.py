@@ -51,19 +51,19 @@ def _copy_folder(src_dir: Path, work: Path) -> list[str]:
     return changed
 
 
-def _write_updates(work: Path, changed: list[str], folder: str) -> None:
+def _write_updates(work: Path, changed: list[str]) -> None:
     path = work / UPDATES
     if not changed:
         path.unlink(missing_ok=True)
         return
     lines = ["# Newer versions of your notebooks", "",
-             f"The course has a newer version of {'this notebook' if len(changed) == 1 else 'these notebooks'} "
-             "than the copy in this folder:", ""]
-    lines += [f"- `{folder}{name}`" for name in changed]
-    lines += ["", "Your copies are untouched. To take a new version, run this in a terminal in the course "
-              "folder (for notebook 04, say):", "", "```bash", "make take NB=04", "```", "",
-              "It renames your copy (to `04_..._mine_<date>.ipynb`, which you can keep, compare or delete) "
-              "and puts the new version in its place. This file disappears once every notebook is current."]
+             "The course has a newer version than the copy in this folder of:", ""]
+    for name in changed:
+        solution = " SOLUTION=1" if name.startswith("solutions/") else ""
+        lines.append(f"- `{name}`: take it with `make take NB={Path(name).name[:2]}{solution}`")
+    lines += ["", "Your copies are untouched. Run the command in a terminal in the course folder: it renames "
+              "your copy (to `..._mine_<date>.ipynb`, which you can keep, compare or delete) and puts the new "
+              "version in its place. This file disappears once every notebook is current."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -77,7 +77,7 @@ def sync(root: Path = ROOT, work: Path | None = None) -> list[str]:
     changed = _copy_folder(root / "notebooks", work)
     solutions = work / "solutions"
     changed_solutions = _copy_folder(root / "solutions", solutions) if solutions.is_dir() else []
-    _write_updates(work, changed + [f"solutions/{n}" for n in changed_solutions], "")
+    _write_updates(work, changed + [f"solutions/{n}" for n in changed_solutions])
     return [f"notebooks/{name} has changed since you copied it. Your my_work/{name} is untouched; "
             f"`make take NB={name[:2]}` takes the new version (yours is kept, renamed)." for name in changed] + \
            [f"solutions/{name} has changed: `make take NB={name[:2]} SOLUTION=1` takes it." for name in changed_solutions]
