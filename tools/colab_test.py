@@ -5,8 +5,8 @@ and transformers, every notebook run from a folder outside the repository.
 
 Steps: build the course's wheel; make a fresh venv; install the wheel with Colab's torch and
 transformers (from PyPI, so torch comes with its CUDA libraries, as on Colab); copy notebooks/ and
-solutions/ to a temporary folder; run each notebook there with nbval, with the repository nowhere
-on the path; print the time of each; print the venv's size; delete the venv (it is several GB).
+solutions/ to a temporary folder; run every notebook there with nbval, with the repository nowhere
+on the path; print the time of each (from nbval's per-cell times); print the venv's size; delete the venv (it is several GB).
 What this does not test: Colab itself (its first cell installs from the repository's URL, which
 needs the published repository) and a GPU.
 """
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,20 +75,27 @@ def main() -> int:
         say("FAILED: course_utils was not imported from the installed wheel")
         return 1
 
-    results = []
     for folder in ("notebooks", "solutions"):
         shutil.copytree(ROOT / folder, outside / folder)
-    for path in sorted((outside / "notebooks").glob("*.ipynb")) + sorted((outside / "solutions").glob("*.ipynb")):
-        rel = path.relative_to(outside)
-        t0 = time.time()
-        proc = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(rel), "--nbval-lax",
-                               "--nbval-current-env", "--nbval-cell-timeout=600"],
-                              cwd=outside, env=env, capture_output=True, text=True)
-        seconds = time.time() - t0
-        results.append((str(rel), seconds, proc.returncode == 0))
-        say(f"{str(rel):40s} {seconds:6.1f} s  {'ok' if proc.returncode == 0 else 'FAILED'}")
-        if proc.returncode:
-            print(proc.stdout[-4000:], proc.stderr[-2000:])
+    notebooks = [str(p.relative_to(outside)) for folder in ("notebooks", "solutions")
+                 for p in sorted((outside / folder).glob("*.ipynb"))]
+    t0 = time.time()
+    proc = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", *notebooks, "--nbval-lax",
+                           "--nbval-current-env", "--nbval-cell-timeout=600", "--junitxml", str(outside / "junit.xml")],
+                          cwd=outside, env=env, capture_output=True, text=True)
+    say(f"nbval on {len(notebooks)} notebooks: {time.time() - t0:.0f} s in all")
+    seconds: dict[str, float] = {}
+    failed_in: set[str] = set()
+    for case in ET.parse(outside / "junit.xml").iter("testcase"):
+        name = next((n for n in notebooks if n.replace("/", ".") == case.get("classname")), case.get("classname"))
+        seconds[name] = seconds.get(name, 0.0) + float(case.get("time", 0))
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed_in.add(name)
+    results = [(n, seconds.get(n, float("nan")), n in seconds and n not in failed_in) for n in notebooks]
+    for name, sec, ok in results:
+        say(f"{name:40s} {sec:6.1f} s  {'ok' if ok else 'FAILED'}")
+    if proc.returncode:
+        print(proc.stdout[-6000:], proc.stderr[-2000:])
     shutil.rmtree(outside, ignore_errors=True)
     shutil.rmtree(dist, ignore_errors=True)
     if not args.keep:
@@ -96,7 +104,7 @@ def main() -> int:
     say(f"total {time.time() - start:.0f} s (install {installed:.0f} s, venv {size:.1f} GB"
         f"{', kept' if args.keep else ', deleted'})")
     print(f"colab: {len(results) - failed} passed, {failed} failed")
-    return 1 if failed or not results else 0
+    return 1 if failed or proc.returncode or not results else 0
 
 
 if __name__ == "__main__":
