@@ -15,6 +15,8 @@ For every notebook in solutions/ (found, not listed), the learner version and th
      for this step only;
   5. save (Ctrl+S), close the tab and check that its kernel stopped (the JupyterLab setting in
      tools/lab_settings) and that no tracked file changed.
+Before all that, with the first notebook marked as updated since the learner copied it, JupyterLab
+must open on my_work/UPDATES.md, rendered, naming it and the command that takes the new version.
 It also checks that the glyphs the course prints (✔ ○ ●) render with a real font, not as boxes,
 and reports any other character of a notebook's Markdown that no installed font has (emoji, say).
 Screenshots go to build/browser/. Playwright drives Debian's Chromium (/usr/bin/chromium); it
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -306,6 +307,20 @@ def markdown_boxes(page: Page, nb: dict) -> list[str]:
     return [" ".join(boxes)] if boxes else []
 
 
+def check_updates_notice(page: Page, server: Server, name: str, shots: Path) -> bool:
+    """JupyterLab opens on UPDATES.md, rendered, naming the updated notebook and how to take it."""
+    page.goto(f"{server.base}/?token={TOKEN}")  # where `make lab` sends the browser
+    notice = page.locator(".jp-RenderedMarkdown", has_text="Newer versions of your notebooks")
+    try:
+        notice.first.wait_for(timeout=60_000)
+        ok = name in notice.first.inner_text() and f"make take NB={name[:2]}" in notice.first.inner_text()
+    except Exception:  # noqa: BLE001
+        ok = False
+    page.screenshot(path=str(shots / "updates-notice.png"))
+    print(f"  UPDATES.md shown in JupyterLab at start, naming {name}: {'ok' if ok else 'FAILED'}", flush=True)
+    return ok
+
+
 def run_notebook(page: Page, server: Server, rel: str, nb: dict, version: str, shots: Path,
                  page_errors: list[str], work: Path, timeout: float, glyphs: dict) -> Result:
     name = Path(rel).name
@@ -397,17 +412,21 @@ def main() -> int:
     work = scratch / "my_work"
     learner_copies.sync(root, work)
     learner_copies.copy_solutions(root, work)
+    record = work / learner_copies.RECORD  # pretend the course updated the first notebook since it was copied
+    record.write_text(record.read_text().replace(json.loads(record.read_text())[names[0]], "an older version"))
+    learner_copies.sync(root, work)
     tracked_before = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
     print(f"Testing {len(names)} notebooks in Chromium ({args.chromium}), learner and solution versions; "
           f"screenshots in {args.shots}", flush=True)
     server = Server(args.python, work, scratch)
-    results, glyphs = [], {}
+    results, glyphs, updates_ok = [], {}, False
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page_errors: list[str] = []
             page.on("pageerror", lambda e: page_errors.append(str(e)[:200]))
+            updates_ok = check_updates_notice(page, server, names[0], args.shots)
             for name in names:
                 for version, rel in (("learner", name), ("solution", f"solutions/{name}")):
                     nb = json.loads((work / rel).read_text())
@@ -428,8 +447,11 @@ def main() -> int:
             browser.close()
     finally:
         server.stop()
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
+    log = (scratch / "jupyter.log").read_text(errors="replace")
+    quiet = "without encryption" not in log  # ipykernel's warning for TCP kernels; IPC sockets need none
+    print(f"  kernels started with no 'running over TCP without encryption' warning: {'ok' if quiet else 'FAILED'}")
+    if not args.keep:
+        shutil.rmtree(scratch, ignore_errors=True)
     tracked_after = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
     untouched = tracked_before == tracked_after
 
@@ -440,8 +462,8 @@ def main() -> int:
         print(f"  {name:28s} {t.get('learner', float('nan')):8.1f} {t.get('solution', float('nan')):9.1f}")
     for glyph, meaning in GLYPHS.items():
         print(f"  glyph {glyph} ({meaning}): drawn with {', '.join(sorted(FONTS_USED.get(glyph, []))) or '?'}")
-    passed = sum(len(r.passed) for r in results) + untouched
-    failed = sum(len(r.failed) for r in results) + (not untouched)
+    passed = sum(len(r.passed) for r in results) + untouched + updates_ok + quiet
+    failed = sum(len(r.failed) for r in results) + (not untouched) + (not updates_ok) + (not quiet)
     skipped = sum(len(r.skipped) for r in results)
     if not untouched:
         print("FAILED: saving in JupyterLab changed tracked files:\n" + tracked_after)
