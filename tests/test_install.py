@@ -58,3 +58,13 @@ def test_lab_serves_the_learners_folder_only(tmp_path):
     (tmp_path / "UPDATES.md").write_text("x")
     assert "--LabApp.default_url=/lab/tree/UPDATES.md" in lab.command(tmp_path)
     assert "MPLBACKEND" not in lab.environment()
+
+
+def test_doctor_reports_each_check_with_a_fix(tmp_path):
+    """`make doctor` outside any course venv: says so, says how to fix it, and exits 1."""
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "doctor.py"), "--venv", str(tmp_path / "none")],
+                            capture_output=True, text=True, timeout=120)
+    out = result.stdout
+    for what in ("Python", "environment", "GPU", "disk", "network"):
+        assert f"] {what}" in out, out
+    assert "[FIX ] environment" in out and "-> run `make lab`" in out and result.returncode == 1
