@@ -95,8 +95,13 @@ def _residuals(model: HookedModel, batch: int = 2, pos: int = 6, seed: int = 0) 
 
 
 def _close(got: Any, expected: torch.Tensor, atol: float = 1e-4) -> bool:
-    return (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.is_floating_point()
-            and bool(torch.allclose(got.detach().float().cpu(), expected.detach().float().cpu(), atol=atol, rtol=1e-4)))
+    """Same shape and values (exactly, for an integer `expected`), whatever the dtype."""
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return False
+    got, expected = got.detach().cpu(), expected.detach().cpu()
+    if not expected.is_floating_point():
+        return bool((got == expected).all())
+    return bool(torch.allclose(got.double(), expected.double(), atol=atol, rtol=1e-4))
 
 
 def _named(reference: Callable, wrong: dict[str, Callable[[Case], torch.Tensor]], atol: float = 1e-4):
@@ -134,7 +139,8 @@ def check_logit_lens(fn: Callable, model: HookedModel) -> Callable:
     real = _residuals(model)
     d = model.cfg.d_model
     cases = [Case((model, real), label="real residuals at every read point, [n_points, batch, pos, d_model]"),
-             Case((model, 20 * torch.randn(3, d, generator=_rng(1)) + 3), label="random vectors off-centre, [3, d_model]"),
+             Case((model, 20 * torch.randn(3, d, generator=_rng(1)) + 3),
+                  label="random vectors off-centre, [3, d_model]"),
              Case((model, 1e-3 * torch.randn(2, 4, d, generator=_rng(2))), label="tiny vectors, where eps matters"),
              Case((model, real[-1, 0, -1]), label="a single vector [d_model]")]
     unembed = lambda x: x @ model.W_U + model.b_U                              # noqa: E731
@@ -175,13 +181,14 @@ def check_lens_logprobs(fn: Callable, model: HookedModel) -> Callable:
             model, stacked(c.args[1], post + post[-1:])).log_softmax(-1),
         "return log-probabilities (log_softmax), not probabilities (softmax)":
             lambda c: lens_logprobs(model, c.args[1]).exp(),
-        "these are logits: normalise them with log_softmax": lambda c: logit_lens(model, stacked(c.args[1], pre + post[-1:])),
+        "these are logits: normalise them with log_softmax":
+            lambda c: logit_lens(model, stacked(c.args[1], pre + post[-1:])),
         "the final norm's bias is missing (accumulated_resid(apply_ln=True) leaves it out; add "
         "lens.logit_constant, or use the norm itself)": lambda c: (lens.apply_ln_to_stack(
             model, None, stacked(c.args[1], pre + post[-1:]), recompute_ln=True) @ model.W_U).log_softmax(-1),
     }
-    return run_check("lens_logprobs", fn, lens_logprobs, cases, properties=[count, _named(lens_logprobs, mistakes)], atol=1e-4,
-                     dims=("point", "batch", "pos", "token"))
+    return run_check("lens_logprobs", fn, lens_logprobs, cases, properties=[count, _named(lens_logprobs, mistakes)],
+                     atol=1e-4, dims=("point", "batch", "pos", "token"))
 
 
 # ----------------------------------------------------------------------------- 3.2 where predictions form
@@ -199,21 +206,7 @@ def check_rank_of(fn: Callable) -> Callable:
     mistakes = {"ranks should start at 0 for the top token: count only the tokens strictly more likely":
                 lambda c: rank_of(*c.args) + 1,
                 "rank 0 is the *most* likely token, not the least": lambda c: rank_of(-c.args[0], c.args[1])}
-    return run_check("rank_of", fn, rank_of, cases, properties=[_int_names(rank_of, mistakes)])
-
-
-def _int_names(reference: Callable, wrong: dict[str, Callable[[Case], torch.Tensor]]):
-    """`_named` for integer answers, compared exactly."""
-    def prop(case: Case, got: Any) -> str | None:
-        if not isinstance(got, torch.Tensor):
-            return None
-        right = reference(*case.args)
-        for message, make in wrong.items():
-            expected = make(case)
-            if got.shape == expected.shape and torch.equal(got.cpu().long(), expected) and not torch.equal(right, expected):
-                return message
-        return None
-    return prop
+    return run_check("rank_of", fn, rank_of, cases, properties=[_named(rank_of, mistakes)])
 
 
 def check_decision_point(fn: Callable) -> Callable:
@@ -230,7 +223,7 @@ def check_decision_point(fn: Callable) -> Callable:
                 lambda c: torch.where((c.args[0] == 0).any(0), (c.args[0] == 0).int().argmax(0), c.args[0].shape[0]),
                 "a token that is not top-1 even at the last point was never decided: give it n_points":
                 lambda c: torch.where(c.args[0][-1] == 0, decision_point(c.args[0]), -1)}
-    return run_check("decision_point", fn, decision_point, cases, properties=[_int_names(decision_point, mistakes)])
+    return run_check("decision_point", fn, decision_point, cases, properties=[_named(decision_point, mistakes)])
 
 
 # ----------------------------------------------------------------------------- 3.3 KL and agreement
@@ -243,12 +236,12 @@ def check_kl_from_final(fn: Callable) -> Callable:
     confident = torch.randn(2, 4, 12, generator=g) * 300                  # probabilities underflow to 0
     cases = [Case((lens_logits, final), label="random, [3 points, 2, 5, 12] against [2, 5, 12]"),
              Case((final[None].expand(2, -1, -1, -1), final), label="the lens equals the final: KL 0"),
-             Case((lens_logits[:, 0] + 7.0, final[0]), label="logits shifted by a constant (same distribution)"),
+             Case((lens_logits[:, 0] + 7.0, final[0]), label="lens logits shifted by a constant (the same distribution)"),
              Case((confident, 3 * torch.randn(2, 4, 12, generator=g)), label="a very confident lens")]
     logp = lambda x: x.log_softmax(-1)                                     # noqa: E731
     mistakes = {
-        "that is KL(lens ‖ final): the direction is the other way round, weighted by the final distribution": lambda c: (
-            logp(c.args[0]).exp() * (logp(c.args[0]) - logp(c.args[1]))).sum(-1),
+        "that is KL(lens ‖ final): the direction is the other way round, weighted by the final distribution":
+            lambda c: (logp(c.args[0]).exp() * (logp(c.args[0]) - logp(c.args[1]))).sum(-1),
         "those are probabilities (softmax) where log-probabilities (log_softmax) belong": lambda c: (
             c.args[1].softmax(-1) * (c.args[1].softmax(-1) - c.args[0].softmax(-1))).sum(-1),
         "sum over the vocabulary, not mean": lambda c: kl_from_final(*c.args) / c.args[0].shape[-1],
@@ -260,7 +253,8 @@ def check_kl_from_final(fn: Callable) -> Callable:
             return ("your KL has inf or nan for a very confident lens: log(softmax(x)) underflows to log(0); "
                     "use log_softmax, which stays finite")
         return None
-    return run_check("kl_from_final", fn, kl_from_final, cases, properties=[finite, _named(kl_from_final, mistakes)], atol=1e-4)
+    return run_check("kl_from_final", fn, kl_from_final, cases, properties=[finite, _named(kl_from_final, mistakes)],
+                     atol=1e-4)
 
 
 def check_top1_agreement(fn: Callable) -> Callable:
@@ -303,8 +297,8 @@ def check_lens_logit_from_dla(fn: Callable, model: HookedModel) -> Callable:
         "add the part of the logit no component writes, lens.logit_constant(model, tokens)":
             lambda c: lens_logit_from_dla(model, *c.args[1:]) - lens.logit_constant(model, c.args[2]),
     }
-    return run_check("lens_logit_from_dla", fn, lens_logit_from_dla, cases, properties=[_named(lens_logit_from_dla, mistakes, 1e-3)],
-                     atol=1e-3, dims=("point", "batch", "pos"))
+    return run_check("lens_logit_from_dla", fn, lens_logit_from_dla, cases,
+                     properties=[_named(lens_logit_from_dla, mistakes, 1e-3)], atol=1e-3, dims=("point", "batch", "pos"))
 
 
 # ----------------------------------------------------------------------------- 3.5 the tuned lens
@@ -329,11 +323,14 @@ def check_tuned_lens_loss(fn: Callable, model: HookedModel) -> Callable:
         moved = tuned_lens.translate(resid, weight, bias)
         lens_logits = logit_lens(model, moved) if norm else moved @ model.W_U + model.b_U
         return kl_from_final(final, lens_logits) if reverse else kl_from_final(lens_logits, final)
-    mistakes = {"that is KL(lens ‖ final): the tuned lens is trained on KL(final ‖ lens)": lambda c: kl(c, True).mean(),
-                "the translated residual goes through the final norm before the unembedding": lambda c: kl(c, norm=False).mean(),
+    mistakes = {"that is KL(lens ‖ final): the tuned lens is trained on KL(final ‖ lens)":
+                lambda c: kl(c, True).mean(),
+                "the translated residual goes through the final norm before the unembedding":
+                lambda c: kl(c, norm=False).mean(),
                 "average over the layers too, not sum": lambda c: kl(c).mean(-1).sum(),
                 "average over the tokens, not sum": lambda c: kl(c).sum(-1).mean()}
-    return run_check("tuned_lens_loss", fn, tuned_lens_loss, cases, properties=[_named(tuned_lens_loss, mistakes)], atol=1e-4, grad=True)
+    return run_check("tuned_lens_loss", fn, tuned_lens_loss, cases, properties=[_named(tuned_lens_loss, mistakes)],
+                     atol=1e-4, grad=True)
 
 
 # ----------------------------------------------------------------------------- 3.6 patching
