@@ -16,6 +16,9 @@ pass: the metric's gradient on the corrupted run, dotted with (clean - corrupted
 the first-order Taylor term of patching: exact for a model that is linear in the activation, wrong
 where it is far from linear (a saturated softmax, a large change).
 
+Path patching (Wang et al. 2022) follows one edge: a sender head's clean output reaching only the
+query, key or value of one later head, every other path held at its corrupted value.
+
 `metric` is any function of the logits [batch, pos, d_vocab] that returns one number as a 0-d tensor,
 e.g. `lambda logits: logit_diff(logits, answers, wrongs).mean()`; attribution patching needs it to
 keep its gradient (no `.item()` inside).
@@ -145,3 +148,33 @@ def attribution_patching_heads(model, clean_tokens: torch.Tensor, corrupted_toke
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
     deltas, grads = _deltas_and_grads(model, clean_tokens, corrupted_tokens, metric, names)
     return torch.stack([(deltas[n] * grads[n]).sum((0, 1, 3)) for n in names]).float()
+
+
+# ---- path patching ------------------------------------------------------------------------------------------
+@torch.no_grad()
+def path_patching_grid(model, corrupted_tokens: torch.Tensor, clean_cache, corrupted_cache, sender: tuple[int, int],
+                       receiver_layer: int, metric: Metric) -> torch.Tensor:
+    """The metric when the clean output of one `sender` head (layer, head) reaches only one input (query, key
+    or value) of one head of `receiver_layer`, and nothing else (Wang et al. 2022). Two passes on the
+    corrupted prompt: first with the sender patched and every other head and MLP in between frozen at its
+    corrupted value, caching what the receivers read; then with one receiver's q, k or v taken from there.
+    Models with one key and value per head (GPT-2). -> [3 (q, k, v), n_heads] (float32)."""
+    sender_layer, sender_head = sender
+    if not 0 <= sender_layer < receiver_layer < model.cfg.n_layers:
+        raise CourseError(f"The receivers must come after the sender: sender layer {sender_layer}, receiver layer "
+                          f"{receiver_layer}, in a model of {model.cfg.n_layers} layers.")
+    freeze = lambda act, hook: corrupted_cache[hook.name]                               # noqa: E731
+    hooks = [(f"blocks.{sender_layer}.attn.hook_z", partial(patch_head_hook, head=sender_head, clean_cache=clean_cache))]
+    for layer in range(sender_layer, receiver_layer):
+        hooks.append((f"blocks.{layer}.hook_mlp_out", freeze))
+        if layer > sender_layer:
+            hooks.append((f"blocks.{layer}.attn.hook_z", freeze))
+    inputs = [f"blocks.{receiver_layer}.attn.hook_{x}" for x in "qkv"]
+    with model.hooks(hooks):
+        _, sent = model.run_with_cache(corrupted_tokens, names_filter=inputs)
+    grid = torch.zeros(3, model.cfg.n_heads)
+    for i, name in enumerate(inputs):
+        for head in range(model.cfg.n_heads):
+            hook = partial(patch_head_hook, head=head, clean_cache=sent)
+            grid[i, head] = float(metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])))
+    return grid

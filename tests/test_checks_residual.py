@@ -86,6 +86,7 @@ WITH_MODEL = {
     "patch_resid_grid": (checks.check_patch_resid_grid, checks.patch_resid_grid),
     "patch_head_grid": (checks.check_patch_head_grid, checks.patch_head_grid),
     "attribution_patch_heads": (checks.check_attribution_patch_heads, checks.attribution_patch_heads),
+    "path_patch": (checks.check_path_patch, checks.path_patch),
 }
 
 
@@ -418,6 +419,49 @@ WRONG_ATTRIBUTION = {
 def test_attribution_patch_heads_rejects(name, model):
     wrong, match = WRONG_ATTRIBUTION[name]
     rejects(checks.check_attribution_patch_heads, wrong, match, model)
+
+
+def _path(freeze_mlps=True, freeze_heads=True, order="qkv", patch_output=False):
+    def wrong(m, t, c, x, sender, r, metric):
+        (ls, hs), H = sender, m.cfg.n_heads
+        send = functools.partial(patching.patch_head_hook, head=hs, clean_cache=c)
+        hooks = [(f"blocks.{ls}.attn.hook_z", send)]
+        for layer in range(ls, r):
+            if freeze_mlps:
+                hooks.append((f"blocks.{layer}.hook_mlp_out", lambda a, hook: x[hook.name]))
+            if freeze_heads and layer > ls:
+                hooks.append((f"blocks.{layer}.attn.hook_z", lambda a, hook: x[hook.name]))
+        names = [f"blocks.{r}.attn.hook_{i}" for i in ("zzz" if patch_output else order)]
+        with m.hooks(hooks):
+            sent = m.run_with_cache(t, names_filter=sorted(set(names)))[1]
+        grid = torch.zeros(3, H)
+        for i, name in enumerate(names):
+            for h in range(H):
+                hook = functools.partial(patching.patch_head_hook, head=h, clean_cache=sent)
+                grid[i, h] = float(metric(m.run_with_hooks(t, fwd_hooks=[(name, hook)])))
+        return grid
+    return wrong
+
+
+def _path_edits_cache(m, t, c, x, sender, r, metric):
+    x[f"blocks.{sender[0]}.attn.hook_z"].zero_()
+    return checks.path_patch(m, t, c, x, sender, r, metric)
+
+
+WRONG_PATH = {
+    "MLPs not frozen": (_path(freeze_mlps=False), "MLPs between"),
+    "heads between not frozen": (_path(freeze_heads=False), "heads of the layers between"),
+    "k, q, v": (_path(order="kqv"), "wrong order"),
+    "the receiver's output patched": (_path(patch_output=True), None),
+    "transposed": (lambda *a: checks.path_patch(*a).T, "shape"),
+    "edits the corrupted cache": (_path_edits_cache, "in place"),
+}
+
+
+@pytest.mark.parametrize("name", WRONG_PATH)
+def test_path_patch_rejects(name, model):
+    wrong, match = WRONG_PATH[name]
+    rejects(checks.check_path_patch, wrong, match, model)
 
 
 def _ablate_edit(edit):

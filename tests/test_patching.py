@@ -117,3 +117,33 @@ def test_attribution_needs_a_metric_with_gradient(model, task):
         patching.attribution_patching_heads(model, clean, corrupted, lambda logits: metric(logits).detach())
     with pytest.raises(CourseError, match="same shape"):
         patching.attribution_patching_grid(model, clean, corrupted[:1], metric)
+
+
+def test_path_patching_by_hand(model, task):
+    """Sender 0.1 -> the query of head 2.3: recompute that query from the corrupted stream plus the sender's
+    change alone (the MLPs and heads in between held at their corrupted values) and run with it."""
+    clean, corrupted, cache, metric, _, corrupted_value = task
+    _, corrupted_cache = model.run_with_cache(corrupted)
+    grid = patching.path_patching_grid(model, corrupted, cache, corrupted_cache, (0, 1), 2, metric)
+    assert grid.shape == (3, model.cfg.n_heads)
+    delta = torch.einsum("bpd,dm->bpm", cache["z", 0][:, :, 1] - corrupted_cache["z", 0][:, :, 1], model.W_O[0, 1])
+    with torch.no_grad():
+        x = model.block(2).ln_1(corrupted_cache["resid_pre", 2] + delta)
+        query = x @ model.W_Q[2, 3] + model.b_Q[2, 3]                              # [batch, pos, d_head]
+
+        def hook(q, hook):
+            q = q.clone()
+            q[:, :, 3] = query
+            return q
+        by_hand = float(metric(model.run_with_hooks(corrupted, fwd_hooks=[("blocks.2.attn.hook_q", hook)])))
+    assert abs(grid[0, 3] - by_hand) < 1e-4
+    assert abs(grid[1, 3] - corrupted_value) > 1e-6 or abs(grid[2, 3] - corrupted_value) > 1e-6
+
+
+def test_path_patching_with_nothing_to_send(model, task):
+    _, corrupted, _, metric, _, corrupted_value = task
+    _, corrupted_cache = model.run_with_cache(corrupted)
+    grid = patching.path_patching_grid(model, corrupted, corrupted_cache, corrupted_cache, (1, 0), 2, metric)
+    assert torch.allclose(grid, torch.tensor(corrupted_value), atol=1e-5)
+    with pytest.raises(CourseError, match="after the sender"):
+        patching.path_patching_grid(model, corrupted, corrupted_cache, corrupted_cache, (1, 0), 1, metric)

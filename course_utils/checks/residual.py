@@ -27,6 +27,7 @@ patch_resid_hook = patching.patch_resid_hook              # hook: clean activati
 patch_resid_grid = patching.resid_patching_grid           # -> [n_layers, pos]
 patch_head_grid = patching.head_patching_grid             # -> [n_layers, n_heads]
 attribution_patch_heads = patching.attribution_patching_heads   # -> [n_layers, n_heads]
+path_patch = patching.path_patching_grid                  # -> [3 (q, k, v), n_heads]
 
 
 def residual_parts(model: HookedModel, cache: ActivationCache) -> tuple[torch.Tensor, list[str]]:
@@ -115,18 +116,20 @@ def _shape(want: Callable[[Case], tuple[int, ...]], hint: str) -> Callable:
     return prop
 
 
-def _cache_arg(fn: Callable, model: HookedModel, index: int) -> Callable:
-    """`fn` with its argument `index` (a dict of activations, which run_check copies and watches) wrapped
-    in an ActivationCache, as the notebook passes it."""
+def _cache_arg(fn: Callable, model: HookedModel, index: int | tuple[int, ...]) -> Callable:
+    """`fn` with its argument(s) `index` (dicts of activations, which run_check copies and watches) wrapped
+    in an ActivationCache, as the notebook passes them."""
+    indices = (index,) if isinstance(index, int) else index
+
     @functools.wraps(fn)
     def wrapped(*args):
-        args = list(args)
-        args[index] = ActivationCache(args[index], model)
+        args = [ActivationCache(a, model) if i in indices else a for i, a in enumerate(args)]
         return fn(*args)
     return wrapped
 
 
-def _run_cached(name: str, fn: Callable, reference: Callable, model: HookedModel, index: int, cases, **kw) -> Callable:
+def _run_cached(name: str, fn: Callable, reference: Callable, model: HookedModel, index: int | tuple[int, ...], cases,
+                **kw) -> Callable:
     mine, ref = _cache_arg(fn, model, index), _cache_arg(reference, model, index)
     result = run_check(name, mine, ref, cases, **kw)
     return fn if result is mine else reference
@@ -499,6 +502,51 @@ def check_attribution_patch_heads(fn: Callable, model: HookedModel) -> Callable:
                    "batch, positions and d_head.")
     return run_check("attribution_patch_heads", fn, attribution_patch_heads, cases, atol=1e-3, rtol=1e-3,
                      properties=[shape, _recognise(mistakes, attribution_patch_heads, atol=1e-3)], dims=("layer", "head"))
+
+
+def check_path_patch(fn: Callable, model: HookedModel) -> Callable:
+    """Pass 1: sender patched, MLPs and other heads in between frozen, cache the receivers' q, k, v. Pass 2: one
+    receiver head's q, k or v from pass 1. -> [3, n_heads]."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+
+    def one_pass(m, t, c, x, sender, r, metric, freeze_mlps=True, freeze_heads=True, order="qkv"):
+        ls, hs = sender
+        hooks = [(f"blocks.{ls}.attn.hook_z", functools.partial(patching.patch_head_hook, head=hs, clean_cache=c))]
+        for layer in range(ls, r):
+            if freeze_mlps:
+                hooks.append((f"blocks.{layer}.hook_mlp_out", lambda a, hook: x[hook.name]))
+            if freeze_heads and layer > ls:
+                hooks.append((f"blocks.{layer}.attn.hook_z", lambda a, hook: x[hook.name]))
+        names = [f"blocks.{r}.attn.hook_{i}" for i in order]
+        with m.hooks(hooks):
+            sent = m.run_with_cache(t, names_filter=names)[1]
+        grid = torch.zeros(3, H)
+        for i, name in enumerate(names):
+            for h in range(H):
+                hook = functools.partial(patching.patch_head_hook, head=h, clean_cache=sent)
+                grid[i, h] = float(metric(m.run_with_hooks(t, fwd_hooks=[(name, hook)])))
+        return grid
+
+    mistakes = {"the MLPs between sender and receivers must keep their corrupted values (hook_mlp_out): only the "
+                "direct path from the sender's output to the receiver's input counts":
+                lambda *a: one_pass(*a, freeze_mlps=False),
+                "the heads of the layers between sender and receivers must keep their corrupted values (their hook_z): "
+                "only the direct path counts": lambda *a: one_pass(*a, freeze_heads=False),
+                "the rows are in the wrong order: queries, then keys, then values": lambda *a: one_pass(*a, order="kqv")}
+    cases = []
+    for batch, pos, changed, sender, receiver, label in [
+            (2, 6, (2,), (0, 1), L - 1, "sender in layer 0, receivers in the last layer"),
+            (3, 5, (1, 3), (L - 2, H - 1), L - 1, "the last two layers"), (1, 4, (1,), (0, 0), 1, "one prompt")]:
+        clean, corrupted = _pair(model, batch, pos, 110 + batch, changed)
+        answers = torch.randint(1, model.cfg.d_vocab, (batch,), generator=_rng(batch))
+        metric = _metric(answers, (answers + 3) % model.cfg.d_vocab)
+        cases.append(Case((model, corrupted, _cache_dict(model, clean), _cache_dict(model, corrupted), sender, receiver,
+                           metric), label=label))
+    shape = _shape(lambda c: (3, H), "One row per receiver input (q, k, v), one column per receiver head: [3, n_heads].")
+    return _run_cached("path_patch", fn, path_patch, model, (2, 3), cases, atol=1e-3, rtol=1e-3,
+                       properties=[shape, _recognise(mistakes, lambda m, t, c, x, s, r, metric: path_patch(
+                           m, t, ActivationCache(c, m), ActivationCache(x, m), s, r, metric), atol=1e-3)],
+                       dims=("input", "head"))
 
 
 # ----------------------------------------------------------------------------- 2.7 ablation choices
