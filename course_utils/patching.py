@@ -178,3 +178,23 @@ def path_patching_grid(model, corrupted_tokens: torch.Tensor, clean_cache, corru
             hook = partial(patch_head_hook, head=head, clean_cache=sent)
             grid[i, head] = float(metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])))
     return grid
+
+
+@torch.no_grad()
+def path_patching_mlps(model, corrupted_tokens: torch.Tensor, clean_cache, corrupted_cache, sender: tuple[int, int],
+                       metric: Metric) -> torch.Tensor:
+    """The metric when the clean output of the `sender` head reaches only the input of one MLP (its norm's
+    output, `ln2.hook_normalized`), every other path held at its corrupted value, for the MLP of every layer
+    from the sender's on. -> [n_layers] (float32; NaN before the sender's layer)."""
+    sender_layer, sender_head = sender
+    freeze = lambda act, hook: corrupted_cache[hook.name]                               # noqa: E731
+    send = (f"blocks.{sender_layer}.attn.hook_z", partial(patch_head_hook, head=sender_head, clean_cache=clean_cache))
+    effects = torch.full((model.cfg.n_layers,), float("nan"))
+    for receiver in range(sender_layer, model.cfg.n_layers):
+        hooks = [send] + [(f"blocks.{layer}.hook_mlp_out", freeze) for layer in range(sender_layer, receiver)]
+        hooks += [(f"blocks.{layer}.attn.hook_z", freeze) for layer in range(sender_layer + 1, receiver + 1)]
+        name = f"blocks.{receiver}.ln2.hook_normalized"
+        with model.hooks(hooks):
+            _, sent = model.run_with_cache(corrupted_tokens, names_filter=[name])
+        effects[receiver] = float(metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, lambda a, hook: sent[hook.name])])))
+    return effects

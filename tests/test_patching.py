@@ -147,3 +147,19 @@ def test_path_patching_with_nothing_to_send(model, task):
     assert torch.allclose(grid, torch.tensor(corrupted_value), atol=1e-5)
     with pytest.raises(CourseError, match="after the sender"):
         patching.path_patching_grid(model, corrupted, corrupted_cache, corrupted_cache, (1, 0), 1, metric)
+
+
+def test_path_patching_into_an_mlp_by_hand(model, task):
+    """Sender 0.2 -> the MLP of layer 1: its input recomputed from the corrupted stream plus the sender's change
+    alone (layer 1's heads and MLP 0 held at their corrupted values)."""
+    clean, corrupted, cache, metric, _, _ = task
+    _, corrupted_cache = model.run_with_cache(corrupted)
+    effects = patching.path_patching_mlps(model, corrupted, cache, corrupted_cache, (0, 2), metric)
+    assert effects.shape == (model.cfg.n_layers,) and not effects.isnan().any()
+    delta = torch.einsum("bpd,dm->bpm", cache["z", 0][:, :, 2] - corrupted_cache["z", 0][:, :, 2], model.W_O[0, 2])
+    with torch.no_grad():
+        x = model.block(1).ln_2(corrupted_cache["resid_mid", 1] + delta)
+        by_hand = float(metric(model.run_with_hooks(corrupted, fwd_hooks=[("blocks.1.ln2.hook_normalized", lambda a, hook: x)])))
+    assert abs(effects[1] - by_hand) < 1e-4
+    later = patching.path_patching_mlps(model, corrupted, cache, corrupted_cache, (1, 0), metric)
+    assert later[0].isnan() and not later[1:].isnan().any()
