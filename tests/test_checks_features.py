@@ -341,7 +341,7 @@ WRONG_PRS = {
     "swapped": (lambda f, c: neurons.precision_recall(f, c)[::-1], "swapped"),
     "nan for 0 / 0": (checks._pr_nan, "0 / 0"),
     "counts, not rates": (lambda f, c: (lambda h: (h, h))(f.float().T @ c.float()), None),
-    "transposed": (lambda f, c: tuple(x.T for x in neurons.precision_recall(f, c)), "shape"),
+    "transposed": (lambda f, c: tuple(x.T for x in neurons.precision_recall(f, c)), "differs|shape"),
     "float64": (lambda f, c: tuple(x.double() for x in neurons.precision_recall(f, c)), "dtype"),
     "recall over all tokens": (lambda f, c: (neurons.precision_recall(f, c)[0], (f.float().T @ c.float()) / len(f)), None),
 }

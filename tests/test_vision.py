@@ -100,11 +100,14 @@ def test_classify_units_rules():
     x = torch.arange(0, 360, 10.0).deg2rad()
     bump = torch.exp(torch.cos(x - 1.0) * 3)                                 # one bump over 360°
     double = torch.exp(torch.cos(2 * x) * 3)                                # two bumps
-    arc = torch.stack([bump, double, bump, bump * 0.01], 1)
+    arc = torch.stack([bump, double, bump, bump * 0.01, double], 1)
     line_bump = torch.exp(torch.cos(2 * torch.arange(0, 180, 10.0).deg2rad()) * 3)   # one bump over 180°
     line = torch.stack([0.3 * line_bump.max() / bump.max() * line_bump, line_bump * double.max() / line_bump.max(),
-                        0.7 * bump.max() / line_bump.max() * line_bump, line_bump * 0], 1)
-    assert cd.classify_units(arc, line) == ["curve", "line", "other", "other"]
+                        0.7 * bump.max() / line_bump.max() * line_bump, line_bump * 0,
+                        0.3 * double.max() / line_bump.max() * line_bump], 1)
+    # a curve; a segment detector (two arc bumps, strong on lines); one arc bump but strong on lines: a line
+    # unit too; too weak to count; two arc bumps and weak on lines: neither
+    assert cd.classify_units(arc, line) == ["curve", "line", "line", "other", "other"]
 
 
 def test_tangents_and_alignment():
@@ -128,7 +131,7 @@ def test_best_matches_finds_a_permuted_copy():
 def test_feature_visualisation_beats_the_start():
     torch.manual_seed(0)
     net = vision.CurveNet().eval().requires_grad_(False)
-    image = cd.feature_visualisation(net, 3, unit=0, steps=40)
+    image = cd.feature_visualisation(net, 3, [0], steps=40)
     pre = net.activations(image)["conv3_pre"][0, 0]
     start = net.activations(torch.zeros_like(image))["conv3_pre"][0, 0]
     assert image.shape == (1, 1, 32, 32) and not image.requires_grad
