@@ -93,7 +93,7 @@ def top_examples_html(acts: torch.Tensor, texts: list[list[str]], n: int = 8, co
         if acts[row, pos] <= 0:
             break
         spans = []
-        for j in range(max(1, pos - context), min(acts.shape[1], pos + 4)):
+        for j in range(max(0, pos - context), min(acts.shape[1], pos + 4)):
             a = max(0.0, acts[row, j].item() / peak)
             text = html.escape(texts[row][j]).replace("\n", "⏎").replace(" ", "&nbsp;")
             box = "outline:1px solid #c00;" if j == pos else ""
