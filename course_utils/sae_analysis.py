@@ -42,6 +42,24 @@ def best_f1(acts: torch.Tensor, labels: torch.Tensor, n_thresholds: int = 10,
     return values, units
 
 
+def pure_coverage(acts: torch.Tensor, labels: torch.Tensor, min_precision: float = 0.9, min_count: int = 10,
+                  n_thresholds: int = 10) -> torch.Tensor:
+    """How much of each label the *pure* units cover together: a unit is pure for a label when, at some
+    threshold t · (its max), it fires at least `min_count` times and at least `min_precision` of those
+    tokens carry the label. Returns, per label, the fraction of its tokens on which some pure unit fires.
+    acts [tokens, units], labels [tokens, n_labels] bool -> [n_labels]."""
+    acts = acts.float()
+    top = acts.max(0).values.clamp_min(0)
+    covered = torch.zeros_like(labels)                                            # [tokens, n_labels]
+    for t in torch.arange(n_thresholds) / n_thresholds:
+        fires = acts > t * top                                                     # [tokens, units]
+        count = fires.sum(0).float()
+        precision = (labels.T.float() @ fires.float()) / count.clamp_min(1)        # [n_labels, units]
+        pure = (precision >= min_precision) & (count >= min_count)
+        covered |= (fires.float() @ pure.T.float()) > 0                            # [tokens, n_labels]
+    return (covered & labels).sum(0).float() / labels.sum(0).clamp_min(1)
+
+
 # ----------------------------------------------------------------------------- what a latent does
 
 def logit_effects(model, direction: torch.Tensor) -> torch.Tensor:

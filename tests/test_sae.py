@@ -173,6 +173,15 @@ def test_f1_scores_and_best_f1():
     assert best.tolist() == [1.0] and unit.tolist() == [0]           # unit 0 at a threshold above 0.2
 
 
+def test_pure_coverage():
+    labels = torch.tensor([[1, 0]] * 20 + [[0, 1]] * 20, dtype=torch.bool)
+    acts = torch.zeros(40, 3)
+    acts[:10, 0] = 1.0                                             # pure for label 0, covers half of it
+    acts[:, 1] = 1.0                                               # fires everywhere: pure for nothing
+    acts[20:40:2, 2] = 1.0                                         # pure for label 1, covers half
+    assert torch.allclose(sae_analysis.pure_coverage(acts, labels), torch.tensor([0.5, 0.5]))
+
+
 def test_logit_effects_follow_the_final_norm(model):
     v = torch.randn(model.cfg.d_model)
     effects = sae_analysis.logit_effects(model, v)
