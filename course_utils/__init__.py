@@ -15,7 +15,7 @@ from course_utils.cache import ActivationCache, get_act_name
 from course_utils.devices import get_device
 from course_utils.errors import CourseError
 from course_utils.hooked_model import HookedModel
-from course_utils.loading import BUNDLED_MODEL, bundled_checkpoints, load_model
+from course_utils.loading import BUNDLED_MODEL, BUNDLED_MODELS, bundled_checkpoints, load_model
 
-__all__ = ["ActivationCache", "BUNDLED_MODEL", "CourseError", "HookedModel", "bundled_checkpoints",
+__all__ = ["ActivationCache", "BUNDLED_MODEL", "BUNDLED_MODELS", "CourseError", "HookedModel", "bundled_checkpoints",
            "get_act_name", "get_device", "load_model"]

@@ -1,6 +1,7 @@
-"""Load a model for the course: the bundled one (offline, the default), a local folder, or a hub id.
+"""Load a model for the course: a bundled one (offline), a local folder, or a hub id.
 
-    model = load_model()                         # the course's own model, shipped inside course_utils
+    model = load_model()                         # the course's own 2-layer model, shipped inside course_utils
+    model = load_model("course-4l")              # its 4-layer sibling (same tokenizer), also bundled
     model = load_model("gpt2")                   # GPT-2 small from the Hugging Face hub (needs internet once)
     model = load_model("EleutherAI/pythia-70m", device="cuda", dtype=torch.bfloat16)
 
@@ -9,6 +10,7 @@ Weights are read only from safetensors files, and no code from the hub is ever r
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from pathlib import Path
@@ -21,16 +23,30 @@ from course_utils.families import family_of
 from course_utils.hooked_model import HookedModel, use_course_attention
 
 BUNDLED_MODEL = Path(__file__).parent / "bundled_model"
+# The models the course grows itself and ships, by the short names load_model takes.
+BUNDLED_MODELS = {"course-2l": BUNDLED_MODEL, "course-4l": Path(__file__).parent / "bundled_model_4l"}
+DEFAULT_MODEL = "course-2l"
 
 
-def bundled_checkpoints() -> list[Path]:
-    """Folders of the snapshots saved while the bundled model trained, earliest first."""
-    return sorted((BUNDLED_MODEL / "checkpoints").glob("step_*"))
+def bundled_checkpoints(name: str = DEFAULT_MODEL) -> list[Path]:
+    """Folders of the snapshots saved while a bundled model trained, earliest first."""
+    return sorted((_bundled_folder(name) / "checkpoints").glob("step_*"))
+
+
+def _bundled_folder(name: str) -> Path:
+    if name not in BUNDLED_MODELS:
+        raise CourseError(f"{name!r} is not a bundled model; the bundled models are {_bundled_names()}.")
+    return BUNDLED_MODELS[name]
+
+
+def _bundled_names() -> str:
+    return ", ".join(f"{n!r}" + (" (the default)" if n == DEFAULT_MODEL else "") for n in BUNDLED_MODELS)
 
 
 def _offline_message(name: str) -> str:
     return (f"Could not reach the Hugging Face hub to download {name!r}: this machine seems to be offline. "
-            "Call load_model() with no name for the course's bundled model, which needs no internet.")
+            f"Call load_model() with no name, or with the name of a bundled model ({_bundled_names()}), "
+            "which needs no internet.")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -69,27 +85,32 @@ def _load_config(name: str, local_only: bool):
             s in text for s in ("connection", "offline", "resolve", "timed out", "couldn't connect", "cannot find the requested files"))
         if offline:
             raise CourseError(_offline_message(name)) from None
-        raise CourseError(f"{name!r} is neither a local folder nor a model on the Hugging Face hub; check the "
-                          "spelling (for example 'gpt2' or 'EleutherAI/pythia-70m'), or call load_model() with "
-                          "no name for the bundled model.") from None
+        raise CourseError(f"{name!r} is neither a bundled model, a local folder nor a model on the Hugging Face "
+                          f"hub; check the spelling (bundled: {_bundled_names()}; on the hub, for example 'gpt2' "
+                          "or 'EleutherAI/pythia-70m').") from None
 
 
 def load_model(name: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None) -> HookedModel:
-    """A `HookedModel` for `name` (None: the bundled model), on `device` (default: `get_device()`).
+    """A `HookedModel` for `name`: None or a bundled model's name ("course-2l", "course-4l"), a local
+    folder, or a hub id; on `device` (default: `get_device()`).
 
     `dtype` defaults to float32, which every device supports; pass torch.bfloat16 on a GPU to halve memory.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = str(BUNDLED_MODEL if name is None else name)
+    bundled = name is None or str(name) in BUNDLED_MODELS
+    source = str(BUNDLED_MODELS[DEFAULT_MODEL if name is None else str(name)] if bundled else name)
     device = get_device() if device is None else check_device(device)
-    if name is not None and Path(source).expanduser().is_dir():
+    if bundled and not (Path(source) / "config.json").exists():
+        raise CourseError(f"The bundled model {name or DEFAULT_MODEL!r} is missing from this copy of course_utils; "
+                          "reinstall the course (`make lab`), or pass a hub id such as 'gpt2'.")
+    if Path(source).expanduser().is_dir():
         source = str(Path(source).expanduser())
-    elif name is None and not (BUNDLED_MODEL / "config.json").exists():
-        raise CourseError("The bundled model is missing from this copy of course_utils; reinstall the course "
-                          "(`make lab`), or pass a hub id such as 'gpt2'.")
-    local_only = name is None or Path(source).is_dir() or not _hub_reachable()
+    elif not bundled and (close := difflib.get_close_matches(source.lower(), list(BUNDLED_MODELS), n=1, cutoff=0.75)):
+        raise CourseError(f"{source!r} is not a bundled model: did you mean {close[0]!r}? The bundled models are "
+                          f"{_bundled_names()}.")
+    local_only = bundled or Path(source).is_dir() or not _hub_reachable()
     if local_only and not Path(source).is_dir() and not _is_cached(source):
         raise CourseError(_offline_message(source))
     config = _load_config(source, local_only)
@@ -97,8 +118,8 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
     from transformers.utils import logging as hf_logging
 
     bars_were_on = hf_logging.is_progress_bar_enabled()
-    if Path(source).resolve().is_relative_to(BUNDLED_MODEL.resolve()):
-        hf_logging.disable_progress_bar()  # the bundled model loads in milliseconds: no bar needed
+    if any(Path(source).resolve().is_relative_to(p.resolve()) for p in BUNDLED_MODELS.values()):
+        hf_logging.disable_progress_bar()  # the bundled models load in milliseconds: no bar needed
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
@@ -121,4 +142,4 @@ def _course_attention_name() -> str:
     return attention.register()
 
 
-__all__ = ["load_model", "bundled_checkpoints", "BUNDLED_MODEL", "use_course_attention"]
+__all__ = ["load_model", "bundled_checkpoints", "BUNDLED_MODEL", "BUNDLED_MODELS", "use_course_attention"]

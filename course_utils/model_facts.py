@@ -1,8 +1,9 @@
-"""Measure what the bundled model's card claims: induction heads, a previous-token head, the
+"""Measure what the bundled models' cards claim: induction heads, a previous-token head, the
 logit lens, readable neurons, held-out loss and load time.
 
-    python -m course_utils.model_facts                 # the bundled model
-    python -m course_utils.model_facts --model gpt2    # any supported model (online)
+    python -m course_utils.model_facts                      # every bundled model
+    python -m course_utils.model_facts --model course-4l    # one of them
+    python -m course_utils.model_facts --model gpt2         # any supported model (online)
 
 Every measurement is a small function that takes a `HookedModel`, so notebooks and tests reuse them.
 """
@@ -80,18 +81,21 @@ def heldout_loss(model: HookedModel, rows: torch.Tensor, batch: int = 32) -> flo
 
 
 @torch.no_grad()
-def logit_lens_kl(model: HookedModel, rows: torch.Tensor, batch: int = 16) -> list[float]:
-    """KL(final ‖ lens) in nats, averaged over tokens, reading the residual before each layer and after the last."""
+def logit_lens_stats(model: HookedModel, rows: torch.Tensor, batch: int = 16) -> dict[str, list[float]]:
+    """The logit lens read before each layer and after the last, on held-out rows: KL(final ‖ lens) in
+    nats and the share of tokens whose lens top-1 is the model's final top-1, averaged over tokens."""
     n = model.cfg.n_layers
     names = [f"blocks.{l}.hook_resid_pre" for l in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
-    totals = torch.zeros(n + 1)
+    kl, top1 = torch.zeros(n + 1), torch.zeros(n + 1)
     for i in range(0, len(rows), batch):
         logits, cache = model.run_with_cache(rows[i:i + batch], names_filter=names)
         final = logits.float().log_softmax(-1)
         for j, name in enumerate(names):
             lens = logit_lens(model, cache[name]).float().log_softmax(-1)
-            totals[j] += (final.exp() * (final - lens)).sum(-1).mean().item()
-    return (totals / ((len(rows) + batch - 1) // batch)).tolist()
+            kl[j] += (final.exp() * (final - lens)).sum(-1).mean().item()
+            top1[j] += (lens.argmax(-1) == final.argmax(-1)).float().mean().item()
+    n_batches = (len(rows) + batch - 1) // batch
+    return {"kl": (kl / n_batches).tolist(), "top1": (top1 / n_batches).tolist()}
 
 
 # ---- readable neurons -------------------------------------------------------------------------------
@@ -135,39 +139,50 @@ def measure(model: HookedModel, max_tokens: int = 60_000) -> dict:
     rows, texts, in_string = heldout_windows(model, max_tokens=max_tokens)
     facts = {"induction": induction_facts(model)}
     facts["heldout_loss"] = heldout_loss(model, rows)
-    facts["logit_lens_kl"] = logit_lens_kl(model, rows)
+    facts["logit_lens"] = logit_lens_stats(model, rows)
     facts["neurons"] = readable_neurons(model, rows, texts, in_string)
     facts["heldout_tokens_measured"] = int(rows.numel())
     return facts
 
 
-def main() -> None:
-    from course_utils.loading import load_model
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="hub id or folder (default: the bundled model)")
-    parser.add_argument("--json", default=None, help="also write the numbers to this file")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    model = load_model(args.model, device="cpu")
-    load_s = time.perf_counter() - t0
-    facts = measure(model)
-    facts["load_seconds"] = load_s
-    ind = facts["induction"]
-    print(f"load_model: {load_s:.2f} s")
+def report(name: str, facts: dict) -> None:
+    ind, lens = facts["induction"], facts["logit_lens"]
+    print(f"\n== {name} ==\nload_model: {facts['load_seconds']:.2f} s (imports done)")
     print(f"induction head {ind['induction_head']}: score {ind['induction_score']:.3f}; previous-token head "
           f"{ind['prev_token_head']}: {ind['prev_token_score']:.3f}")
     print(f"repeated random tokens: loss {ind['loss_first_copy']:.2f} on the first copy, "
           f"{ind['loss_second_copy']:.2f} on the second (drop {ind['loss_drop']:.2f} nats)")
     print(f"held-out loss: {facts['heldout_loss']:.3f} nats/token over {facts['heldout_tokens_measured']} tokens")
-    print("logit lens KL(final || lens) before each layer, then after the last: "
-          + ", ".join(f"{k:.3f}" for k in facts["logit_lens_kl"]))
+    print("logit lens, read before each layer and after the last:")
+    print("  KL(final || lens): " + ", ".join(f"{k:.3f}" for k in lens["kl"]))
+    print("  top-1 agreement:   " + ", ".join(f"{a:.3f}" for a in lens["top1"]))
     for concept, r in facts["neurons"].items():
         print(f"neuron {r['neuron']:>8} for {concept!r}: {r['fraction']:.0%} of its top 100 (base rate {r['base_rate']:.1%})")
+
+
+def main() -> None:
+    from course_utils.loading import BUNDLED_MODELS, load_model
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", default=None,
+                        help="a bundled model's name, a hub id or a folder (repeatable; default: every bundled model)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = parser.parse_args()
+    names = args.model or [n for n, path in BUNDLED_MODELS.items() if (path / "config.json").exists()]
+    load_model(names[0], device="cpu")  # imports and first-load work, so the timings below are the load alone
+    every = {}
+    for name in names:
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        model = load_model(name, device="cpu")
+        load_s = time.perf_counter() - t0
+        facts = measure(model)
+        facts["load_seconds"] = load_s
+        report(name, facts)
+        every[name] = facts
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(facts, f, indent=1)
+            json.dump(every, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ class HTMLFigure:
         return self._repr_html_()
 
 
-def _as_list(x) -> list:
-    return x.detach().float().cpu().tolist() if isinstance(x, torch.Tensor) else list(x)
+def _as_list(x, decimals: int = 4) -> list:
+    """Plain lists for circuitsvis, rounded: the numbers are saved in the notebook as text, and 17
+    digits per attention weight would make a saved notebook twice the size for no visible change."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().round(decimals=decimals).tolist()
+    return [round(float(v), decimals) for v in x]
 
 
 def attention_patterns(str_tokens: Sequence[str], pattern: torch.Tensor,

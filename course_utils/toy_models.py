@@ -25,7 +25,11 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from course_utils.errors import CourseError
+
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Generate = Callable[[int, int, torch.Tensor, "torch.Generator | None"], torch.Tensor]
+CORRELATIONS = ("correlated", "anticorrelated")
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -41,6 +45,35 @@ def generate_batch(batch_size: int, n_features: int, feature_probability: torch.
     shape = (batch_size, p.shape[0], n_features)
     values = torch.rand(shape, generator=generator, device=p.device)   # (B, I, F)
     active = torch.rand(shape, generator=generator, device=p.device) < p[:, None]
+    return torch.where(active, values, torch.zeros_like(values))
+
+
+def correlated_batch(batch_size: int, n_features: int, feature_probability: torch.Tensor,
+                     generator: torch.Generator | None = None, mode: str = "correlated") -> torch.Tensor:
+    """Features in pairs (0, 1), (2, 3), ...: each feature is active with probability p and then
+    uniform on [0, 1], as in `generate_batch`, but the two features of a pair are tied:
+
+    * "correlated": a pair is active together or not at all (one draw per pair);
+    * "anticorrelated": never both at once; one of the two is active with probability 2p, each
+      equally likely (so p ≤ 1/2).
+    Values stay independent, and different pairs are independent of each other.
+    Returns (batch_size, n_instances, n_features).
+    """
+    p = torch.as_tensor(feature_probability, dtype=torch.float32)
+    if n_features % 2 or mode not in CORRELATIONS:
+        raise CourseError(f"correlated_batch needs an even n_features (pairs) and mode in {CORRELATIONS}; "
+                          f"got n_features={n_features}, mode={mode!r}.")
+    if mode == "anticorrelated" and (p > 0.5).any():
+        raise CourseError("Anticorrelated pairs need feature_probability ≤ 0.5: one of the two is on with probability 2p.")
+    n_pairs, n_instances = n_features // 2, p.shape[0]
+    values = torch.rand((batch_size, n_instances, n_features), generator=generator, device=p.device)
+    pair_draw = torch.rand((batch_size, n_instances, n_pairs), generator=generator, device=p.device)
+    if mode == "correlated":
+        active = (pair_draw < p[:, None]).repeat_interleave(2, dim=-1)                  # (B, I, F)
+    else:
+        on = pair_draw < 2 * p[:, None]                                                 # (B, I, pairs)
+        first = torch.rand((batch_size, n_instances, n_pairs), generator=generator, device=p.device) < 0.5
+        active = torch.stack([on & first, on & ~first], dim=-1).flatten(-2)            # (B, I, F)
     return torch.where(active, values, torch.zeros_like(values))
 
 
@@ -123,12 +156,14 @@ def train_toy_model(n_features: int, n_hidden: int,
                     importance: float | Sequence[float] | torch.Tensor = 1.0,
                     seed: int = 0, n_instances: int = 4, steps: int = 2_000, lr: float = 1e-2,
                     batch_size: int = 1_024, device: str = "cpu", forward: Forward = toy_forward,
-                    progress: bool = True) -> ToyModel:
+                    progress: bool = True, generate: Generate = generate_batch) -> ToyModel:
     """Train `n_instances` seeds of the toy model for every setting, all in one loop.
 
     feature_probability: a number or (S,) values of p = 1 − S, one setting each.
     importance: a number, (n_features,), or (S, n_features) for a different importance per setting.
     forward: `toy_forward`, `linear_forward` or `hidden_relu_forward` (or your own, same shapes).
+    generate: the data, `generate_batch` or another function of the same signature (for instance
+    `functools.partial(correlated_batch, mode="anticorrelated")`).
     The learning rate decays with a cosine to 0, which settles the geometry cleanly. The run is
     deterministic given `seed`. Returns the lowest held-out-loss seed of each setting.
     """
@@ -145,7 +180,7 @@ def train_toy_model(n_features: int, n_hidden: int,
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
 
     for _ in tqdm(range(steps), desc="training toy models", disable=not progress, mininterval=0.5):
-        x = generate_batch(batch_size, n_features, p_all, gen)               # (B, I, n)
+        x = generate(batch_size, n_features, p_all, gen)                     # (B, I, n)
         loss = importance_loss(x, forward(x, W, b), imp_all).sum()           # instances are independent
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -153,7 +188,7 @@ def train_toy_model(n_features: int, n_hidden: int,
         schedule.step()
 
     with torch.no_grad():  # pick each setting's best seed on one shared held-out batch
-        x = generate_batch(8 * batch_size, n_features, p.to(device), gen)    # (8B, S, n)
+        x = generate(8 * batch_size, n_features, p.to(device), gen)          # (8B, S, n)
         x = x.repeat_interleave(n_instances, dim=1)                           # (8B, I, n)
         losses = importance_loss(x, forward(x, W, b), imp_all).view(n_settings, n_instances)
         best = losses.argmin(1) + torch.arange(n_settings, device=device) * n_instances   # (S,)
@@ -205,3 +240,19 @@ def neighbour_angles(W: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     angles = torch.atan2(W[1, keep], W[0, keep]).rad2deg().sort().values      # (k,)
     gaps = torch.diff(angles, append=angles[:1] + 360)                         # (k,) wraps around
     return gaps.sort().values
+
+
+# ----------------------------------------------------------------------------- the hidden basis
+
+def random_rotation(m: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniformly random orthogonal matrix (m, m): the QR decomposition of a Gaussian matrix, with
+    the signs of R's diagonal moved into Q (without that step Q is not uniformly distributed)."""
+    Q, R = torch.linalg.qr(torch.randn(m, m, generator=generator))
+    return Q * R.diagonal().sign()                                             # flips columns of Q
+
+
+def rotated_loss(forward: Forward, W: torch.Tensor, b: torch.Tensor, R: torch.Tensor, x: torch.Tensor,
+                 importance: torch.Tensor) -> torch.Tensor:
+    """The loss of each instance after rotating its hidden space by R (m, m): W → R W.
+    W: (n_instances, m, n), x: (batch, n_instances, n). Returns (n_instances,)."""
+    return importance_loss(x, forward(x, R @ W, b), importance)

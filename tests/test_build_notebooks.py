@@ -41,3 +41,29 @@ def test_strip_solution_keeps_indentation_and_rejects_bad_markers():
                 "def f():\n    ### END SOLUTION"):
         with pytest.raises(ValueError):
             strip_solution(bad, "t")
+
+
+def test_badges_and_install_lines_agree_with_the_repository_setting():
+    from tools.build_notebooks import BADGE, INSTALL, badge, install_spec, repository
+
+    url, branch = repository()
+    for folder in ("solutions", "notebooks"):
+        for path in sorted((ROOT / folder).glob("*.ipynb")):
+            cells = json.loads(path.read_text())["cells"]
+            text = {kind: ["".join(c["source"]) for c in cells if c["cell_type"] == kind] for kind in ("markdown", "code")}
+            badges = [m.group(0) for t in text["markdown"] for m in BADGE.finditer(t)]
+            installs = [m.group(0) for t in text["code"] for m in INSTALL.finditer(t)]
+            assert badges == [badge(url, branch, f"notebooks/{path.name}")], f"{folder}/{path.name}: {badges}"
+            assert installs and set(installs) == {install_spec(url)}, f"{folder}/{path.name}: {installs}"
+            assert any('"google.colab" in sys.modules' in t for t in text["code"]), path.name  # installs on Colab only
+
+
+def test_the_repository_is_set_in_one_place():
+    """No other tracked file spells out the repository's address."""
+    from tools.build_notebooks import repository
+
+    url, _ = repository()
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    holders = [f for f in files if not f.endswith(".ipynb") and (ROOT / f).is_file()
+               and url.removeprefix("https://") in (ROOT / f).read_text(errors="ignore")]
+    assert holders == ["pyproject.toml"], holders

@@ -41,8 +41,10 @@ def test_induction_and_previous_token_heads(model):
 
 
 def test_logit_lens_kl_falls_with_depth_to_zero(model, heldout):
-    kl = model_facts.logit_lens_kl(model, heldout[0][:32])
+    lens = model_facts.logit_lens_stats(model, heldout[0][:32])
+    kl, top1 = lens["kl"], lens["top1"]
     assert all(a > b for a, b in zip(kl, kl[1:])) and abs(kl[-1]) < 1e-4
+    assert all(a < b for a, b in zip(top1, top1[1:])) and top1[-1] == 1.0
 
 
 def test_three_readable_neurons(model, heldout):

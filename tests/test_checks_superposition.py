@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 
+from course_utils import toy_computation as tc
 from course_utils import toy_models as tm
 from course_utils.checks import CheckFailed
 from course_utils.checks import superposition as checks
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError
-
-
-def rejects(check, wrong, match: str | None = None) -> None:
-    with pytest.raises(CheckFailed, match=match):
-        check(wrong)
+from tests.check_helpers import ODD_RETURNS, float64, rejects, stub
 
 
 # ----------------------------------------------------------------------------- generate_batch
@@ -199,14 +194,14 @@ def test_feature_dimensionality_rejects(name):
     rejects(checks.check_feature_dimensionality, WRONG_DIMENSIONALITY[name])
 
 
-def _gaps(W, threshold=0.5, *, degrees=True, wrap=True, filter_=True, sort_angles=True, atan2=True):
+def _gaps(W, threshold=0.5, *, degrees=True, wrap=True, filter_=True, sort_angles=True, atan2=True, final_sort=True):
     keep = W.norm(dim=0) > threshold if filter_ else torch.ones(W.shape[1], dtype=torch.bool)
     x, y = W[0, keep], W[1, keep]
     angles = torch.atan2(y, x) if atan2 else torch.atan(y / x)
     angles = angles.sort().values if sort_angles else angles
     gaps = torch.diff(angles, append=angles[:1] + 2 * math.pi) if wrap else torch.diff(angles)
     gaps = gaps.rad2deg() if degrees else gaps
-    return gaps.sort().values
+    return gaps.sort().values if final_sort else gaps
 
 
 WRONG_GAPS = {
@@ -218,9 +213,29 @@ WRONG_GAPS = {
 }
 
 
-def test_neighbour_angles_accepts_reference_in_any_order():
+def test_neighbour_angles_accepts_reference():
     assert checks.check_neighbour_angles(tm.neighbour_angles) is tm.neighbour_angles
-    checks.check_neighbour_angles(lambda W, threshold=0.5: tm.neighbour_angles(W, threshold).flip(0))
+
+
+def test_neighbour_angles_does_not_sort_for_the_learner():
+    """The exercise asks for the gaps sorted; the check must not sort them itself."""
+    for unsorted in (lambda W, threshold=0.5: tm.neighbour_angles(W, threshold).flip(0),
+                     lambda W, threshold=0.5: _gaps(W, threshold, final_sort=False)):
+        rejects(checks.check_neighbour_angles, unsorted, "sorted from smallest to largest")
+
+
+@pytest.mark.parametrize("norm, match", [
+    (lambda W: (W ** 2).sum(0), r"norms 0.6, 1, 0.45"),             # squared norm against the threshold
+    (lambda W: W.abs().sum(0), r"norms 0.6, 1, 0.45"),              # L1 norm
+    (lambda W: W.abs().amax(0), r"norms 0.6, 1, 0.45"),             # largest coordinate
+])
+def test_neighbour_angles_separates_near_threshold_norms(norm, match):
+    def wrong(W, threshold=0.5):
+        keep = norm(W) > threshold
+        angles = torch.atan2(W[1, keep], W[0, keep]).rad2deg().sort().values
+        return torch.diff(angles, append=angles[:1] + 360).sort().values
+    message = rejects(checks.check_neighbour_angles, wrong, "expected 4 gaps")
+    assert re.search(match, message)
 
 
 @pytest.mark.parametrize("name", WRONG_GAPS)
@@ -230,3 +245,160 @@ def test_neighbour_angles_rejects(name):
 
 def test_neighbour_angles_rejects_ignored_threshold():
     rejects(checks.check_neighbour_angles, lambda W, threshold=0.5: tm.neighbour_angles(W))
+
+
+# ----------------------------------------------------------------------------- every check, every kind of answer
+
+ALL = {
+    "generate_batch": (checks.check_generate_batch, tm.generate_batch),
+    "toy_forward": (checks.check_toy_forward, tm.toy_forward),
+    "importance_loss": (checks.check_importance_loss, tm.importance_loss),
+    "feature_interference": (checks.check_feature_interference, tm.feature_interference),
+    "neighbour_angles": (checks.check_neighbour_angles, tm.neighbour_angles),
+    "feature_dimensionality": (checks.check_feature_dimensionality, tm.feature_dimensionality),
+    "correlated_batch": (checks.check_correlated_batch, tm.correlated_batch),
+    "hidden_relu_forward": (checks.check_hidden_relu_forward, tm.hidden_relu_forward),
+    "abs_weights": (checks.check_abs_weights, tc.abs_weights),
+}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_check_accepts_its_reference_and_skips_a_stub(name, capsys):
+    check, reference = ALL[name]
+    assert check(reference) is reference and check(stub) is reference
+    out = capsys.readouterr().out
+    assert "cases pass" in out and "not done yet" in out
+
+
+@pytest.mark.parametrize("kind", ODD_RETURNS)
+@pytest.mark.parametrize("name", ALL)
+def test_any_return_type_fails_in_one_line(name, kind):
+    rejects(ALL[name][0], ODD_RETURNS[kind])
+
+
+@pytest.mark.parametrize("name", ["generate_batch", "toy_forward", "importance_loss", "feature_interference",
+                                  "neighbour_angles", "feature_dimensionality", "correlated_batch",
+                                  "hidden_relu_forward"])
+def test_float64_is_named(name):
+    check, reference = ALL[name]
+    rejects(check, float64(reference), "float64")
+
+
+def through_numpy(fn):
+    """The right values, computed outside autograd: training would fail two cells later."""
+    def wrong(*args, **kwargs):
+        return torch.from_numpy(fn(*args, **kwargs).detach().numpy().copy())
+    return wrong
+
+
+@pytest.mark.parametrize("name", ["toy_forward", "importance_loss", "hidden_relu_forward"])
+def test_no_gradient_is_named(name):
+    check, reference = ALL[name]
+    rejects(check, through_numpy(reference), "no gradient")
+    rejects(check, lambda *a: reference(*a).detach(), "no gradient")
+
+
+def test_in_place_edits_are_named():
+    def clamp_x(x, W, b):
+        return tm.toy_forward(x.clamp_(max=0.5), W, b)
+    rejects(checks.check_toy_forward, clamp_x, "changed its input `x` in place")
+
+    def normalise(W):
+        W /= W.norm(dim=-2, keepdim=True).clamp_min(1e-8)
+        return tm.feature_dimensionality(W)
+    rejects(checks.check_feature_dimensionality, normalise, "changed its input `W` in place")
+
+    def weigh(x, x_hat, importance):
+        importance.clamp_(max=0.5)
+        return tm.importance_loss(x, x_hat, importance)
+    rejects(checks.check_importance_loss, weigh, "changed its input `importance` in place")
+
+
+# ----------------------------------------------------------------------------- correlated features
+
+def pairs(batch, n_features, p, generator=None, mode="correlated", *, pair_prob=None, off_second=False,
+          same_value=False, one_draw=False):
+    """The reference idea with one thing changed, to build wrong answers from."""
+    p = torch.as_tensor(p, dtype=torch.float32)
+    k, I = n_features // 2, p.numel()
+    values = torch.rand(batch, I, n_features, generator=generator)
+    if same_value:
+        values = values[..., 0::2].repeat_interleave(2, -1)
+    draw = torch.rand(batch, I, 1 if one_draw else k, generator=generator).expand(batch, I, k)
+    if mode == "correlated":
+        active = (draw < p[:, None]).repeat_interleave(2, -1)
+    elif off_second:
+        a = torch.rand(batch, I, n_features, generator=generator) < p[:, None]
+        a[..., 1::2] &= ~a[..., 0::2]
+        active = a
+    else:
+        on = draw < (pair_prob or (lambda p: 2 * p))(p)[:, None]
+        first = torch.rand(batch, I, k, generator=generator) < 0.5
+        active = torch.stack([on & first, on & ~first], -1).flatten(-2)
+    return torch.where(active, values, torch.zeros_like(values))
+
+
+WRONG_CORRELATED = {
+    "independent features": (lambda b, n, p, generator=None, mode="correlated": tm.generate_batch(b, n, p, generator),
+                             "without the other"),
+    "second switched off when the first is on": (lambda *a, **k: pairs(*a, **k, off_second=True), "p\(1 − p\)"),
+    "pair active with probability p, not 2p": (lambda *a, **k: pairs(*a, **k, pair_prob=lambda p: p),
+                                               "should be active with probability p"),
+    "same value for both": (lambda *a, **k: pairs(*a, **k, same_value=True), "same value"),
+    "one draw for every pair": (lambda *a, **k: pairs(*a, **k, one_draw=True), "one random number per pair"),
+    "mode ignored": (lambda b, n, p, generator=None, mode="correlated": pairs(b, n, p, generator, "correlated"),
+                     "without the other|both features of a pair are on together"),
+    "ignores the generator": (lambda b, n, p, generator=None, mode="correlated": tm.correlated_batch(b, n, p, None, mode),
+                              "generator"),
+    "values in [-1, 1]": (lambda *a, **k: 2 * tm.correlated_batch(*a, **k) - (tm.correlated_batch(*a, **k) != 0).float(),
+                          r"\[0, 1\]"),
+    "instances and features swapped": (lambda *a, **k: tm.correlated_batch(*a, **k).transpose(1, 2), "shape"),
+}
+
+
+@pytest.mark.parametrize("name", WRONG_CORRELATED)
+def test_correlated_batch_rejects(name):
+    wrong, match = WRONG_CORRELATED[name]
+    rejects(checks.check_correlated_batch, wrong, match)
+
+
+# ----------------------------------------------------------------------------- computing |x|
+
+def abs_by(W1_rows, W2_from_W1, b=0.0):
+    def weights(n, m, k):
+        eye = torch.eye(n)
+        W1 = torch.zeros(m, n)
+        rows = W1_rows(eye)
+        W1[:len(rows)] = rows
+        W2 = W2_from_W1(W1)
+        return W1.expand(k, m, n).clone(), W2.expand(k, n, m).clone(), torch.full((k, n), b)
+    return weights
+
+
+WRONG_ABS = {
+    "computes x, not |x|": (abs_by(lambda e: torch.cat([e, -e]), lambda W1: W1.T.clone()), "negative|-0.40"),
+    "only the positive part": (abs_by(lambda e: e, lambda W1: W1.T.abs().clone()), "at -0.40"),
+    "a bias of -0.1": (abs_by(lambda e: torch.cat([e, -e]), lambda W1: W1.T.abs().clone(), -0.1), "expected"),
+    "W2 of the wrong shape": (lambda n, m, k: (tc.abs_weights(n, m, k)[0], tc.abs_weights(n, m, k)[0],
+                                               tc.abs_weights(n, m, k)[2]), "W2 should be"),
+    "float64": (lambda n, m, k: tuple(t.double() for t in tc.abs_weights(n, m, k)), "float32"),
+    "a dict": (lambda n, m, k: dict(zip("W1 W2 b".split(), tc.abs_weights(n, m, k))), "tuple"),
+    "ignores n_instances": (lambda n, m, k: tc.abs_weights(n, m, 1), "shape"),
+    "halved": (lambda n, m, k: (tc.abs_weights(n, m, k)[0] * 0.5, tc.abs_weights(n, m, k)[1],
+                                tc.abs_weights(n, m, k)[2]), "expected \|x\| = 0.7"),
+}
+
+
+@pytest.mark.parametrize("name", WRONG_ABS)
+def test_abs_weights_rejects(name):
+    wrong, match = WRONG_ABS[name]
+    rejects(checks.check_abs_weights, wrong, match)
+
+
+def test_abs_weights_accepts_other_constructions():
+    def shuffled(n, m, k):                      # neurons in another order, spare neurons with junk that never fires
+        W1, W2, b = tc.abs_weights(n, m, k)
+        perm = torch.randperm(m, generator=torch.Generator().manual_seed(0))
+        W1, W2 = W1[:, perm], W2[:, :, perm]
+        return W1, W2, b
+    checks.check_abs_weights(shuffled)

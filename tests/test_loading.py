@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import BertConfig, GPT2Config, GPT2LMHeadModel
 
-from course_utils import BUNDLED_MODEL, CourseError, get_device, load_model
+from course_utils import BUNDLED_MODEL, CourseError, bundled_checkpoints, get_device, load_model
 from course_utils.devices import check_device
 
 
@@ -48,10 +48,19 @@ def test_tokens_round_trip():
         model.to_str_tokens(batch)
 
 
-def test_unknown_name_offline_names_the_bundled_model(monkeypatch):
+def test_unknown_name_offline_names_the_bundled_models(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CourseError, match=r"offline.*load_model\(\) with no name"):
+    with pytest.raises(CourseError, match=r"offline.*load_model\(\) with no name.*'course-2l' \(the default\), 'course-4l'"):
         load_model("no-such-org/no-such-model", device="cpu")
+
+
+def test_bundled_models_load_by_name_and_a_near_miss_is_corrected():
+    assert load_model("course-2l", device="cpu").cfg.n_layers == 2
+    for wrong in ("course-4L", "course_4l", "course4l"):
+        with pytest.raises(CourseError, match="did you mean 'course-4l'"):
+            load_model(wrong, device="cpu")
+    with pytest.raises(CourseError, match="not a bundled model"):
+        bundled_checkpoints("course-3l")
 
 
 def test_unsupported_architecture_names_the_supported_families(tmp_path):

@@ -42,3 +42,10 @@ def test_matplotlib_figures_headless(tmp_path):
     ax2.figure.savefig(tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
     plt.close("all")
+
+
+def test_saved_figures_hold_rounded_numbers(no_network):
+    """The numbers go into the saved notebook as text: 4 decimals, not 17 digits."""
+    pattern = torch.softmax(torch.randn(8, 40, 40), -1)
+    html = plotting.attention_patterns([f"t{i}" for i in range(40)], pattern)._repr_html_()
+    assert "0.1234567" not in html and max(len(n) for n in html.split("[[[")[1].split("]]]")[0].replace("[", "").replace("]", "").split(",")) <= 8

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 
+from course_utils import toy_computation as tc
 from course_utils import toy_models as tm
+from course_utils.errors import CourseError
 
 
 @pytest.fixture(autouse=True)
@@ -105,3 +108,91 @@ def test_measures_on_known_geometries():
     assert tm.neighbour_angles(pentagon).tolist() == pytest.approx([72.0] * 5, abs=1e-4)
     assert tm.neighbour_angles(pairs).tolist() == pytest.approx([90.0] * 4, abs=1e-4)
     assert tm.neighbour_angles(torch.zeros(2, 3)).numel() == 0
+
+
+# ----------------------------------------------------------------------------- correlated features
+
+@pytest.mark.parametrize("mode", ["correlated", "anticorrelated"])
+def test_correlated_batch_statistics(mode):
+    p = torch.tensor([0.3, 0.1])
+    x = tm.correlated_batch(40_000, 4, p, torch.Generator().manual_seed(0), mode=mode)
+    on = x != 0
+    assert x.shape == (40_000, 2, 4) and x.dtype == torch.float32
+    assert torch.allclose(on.float().mean(0), p[:, None].expand(2, 4), atol=0.01)        # every marginal is p
+    both = (on[..., 0::2] & on[..., 1::2]).float().mean(0)
+    expected = p[:, None].expand(2, 2) if mode == "correlated" else torch.zeros(2, 2)
+    assert torch.allclose(both, expected, atol=0.01)
+    pair_on = on[..., 0::2] | on[..., 1::2]
+    assert torch.allclose((pair_on[..., 0] & pair_on[..., 1]).float().mean(0),                  # pairs independent
+                          pair_on[..., 0].float().mean(0) * pair_on[..., 1].float().mean(0), atol=0.01)
+
+
+@pytest.mark.parametrize("kwargs", [dict(n_features=3), dict(mode="mixed"), dict(p=0.6, mode="anticorrelated")])
+def test_correlated_batch_explains_bad_settings(kwargs):
+    args = dict(n_features=4, p=0.2, mode="correlated") | kwargs
+    with pytest.raises(CourseError):
+        tm.correlated_batch(10, args["n_features"], torch.tensor([args["p"]]), mode=args["mode"])
+
+
+def test_anticorrelated_pairs_become_antipodal():
+    model = tm.train_toy_model(4, 2, 0.1, 1.0, n_instances=2, steps=500, batch_size=256, lr=2e-2, progress=False,
+                               generate=partial(tm.correlated_batch, mode="anticorrelated"))
+    W = model.W[0] / model.W[0].norm(dim=0)
+    assert (W[:, 0] @ W[:, 1]).item() == pytest.approx(-1, abs=0.05)
+    assert (W[:, 2] @ W[:, 3]).item() == pytest.approx(-1, abs=0.05)
+
+
+# ----------------------------------------------------------------------------- the hidden basis
+
+def test_random_rotation_is_orthogonal_and_uniform():
+    g = torch.Generator().manual_seed(0)
+    R = tm.random_rotation(5, g)
+    assert torch.allclose(R @ R.T, torch.eye(5), atol=1e-5)
+    firsts = torch.stack([tm.random_rotation(3, g)[0, 0] for _ in range(2000)])
+    assert abs(firsts.mean()) < 0.05      # without the sign fix, QR's Q[0, 0] leans to one sign
+
+
+def test_rotating_the_hidden_space_matters_only_with_a_hidden_relu():
+    g = torch.Generator().manual_seed(1)
+    x, W, b = torch.rand(64, 2, 6, generator=g), torch.randn(2, 3, 6, generator=g), torch.randn(2, 6, generator=g)
+    R, imp = tm.random_rotation(3, g), torch.ones(6)
+    for forward in (tm.toy_forward, tm.linear_forward):
+        plain = tm.importance_loss(x, forward(x, W, b), imp)
+        assert torch.allclose(tm.rotated_loss(forward, W, b, R, x, imp), plain, atol=1e-5)
+    plain = tm.importance_loss(x, tm.hidden_relu_forward(x, W, b), imp)
+    assert not torch.allclose(tm.rotated_loss(tm.hidden_relu_forward, W, b, R, x, imp), plain, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- computing |x|
+
+def test_abs_weights_compute_abs_exactly():
+    W1, W2, b = tc.abs_weights(4, 9, 2)
+    x = 2 * torch.rand(100, 2, 4, generator=torch.Generator().manual_seed(0)) - 1
+    assert W1.shape == (2, 9, 4) and W2.shape == (2, 4, 9) and b.shape == (2, 4)
+    assert torch.allclose(tc.abs_forward(x, W1, W2, b), x.abs(), atol=1e-6)
+    assert tc.neurons_per_feature(W1, W2).tolist() == [[[1, 1]] * 4] * 2
+
+
+def test_abs_forward_agrees_with_the_formula():
+    g = torch.Generator().manual_seed(2)
+    x, W1, W2, b = (torch.randn(5, 2, 3, generator=g), torch.randn(2, 4, 3, generator=g),
+                    torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, generator=g))
+    for i in range(2):
+        expected = ((x[:, i] @ W1[i].T).relu() @ W2[i].T + b[i]).relu()
+        assert torch.allclose(tc.abs_forward(x, W1, W2, b)[:, i], expected, atol=1e-6)
+
+
+def test_signed_batch_statistics():
+    x = tc.signed_batch(40_000, 3, torch.tensor([1.0, 0.2]), torch.Generator().manual_seed(0))
+    assert x.shape == (40_000, 2, 3) and x.min() >= -1 and x.max() <= 1
+    assert (x[:, 1] != 0).float().mean() == pytest.approx(0.2, abs=0.01)
+    assert x[x != 0].mean() == pytest.approx(0.0, abs=0.02)
+
+
+def test_train_abs_model_learns_the_two_neuron_construction_when_dense():
+    model = tc.train_abs_model(2, 4, 1.0, 1.0, n_instances=2, steps=600, batch_size=256, lr=2e-2, progress=False)
+    again = tc.train_abs_model(2, 4, 1.0, 1.0, n_instances=2, steps=600, batch_size=256, lr=2e-2, progress=False)
+    assert torch.equal(model.W1, again.W1)                                      # deterministic
+    assert model.W1.shape == (1, 4, 2) and model.W2.shape == (1, 2, 4) and model.losses.shape == (1, 2)
+    assert model.losses.min() < 1e-3
+    assert tc.neurons_per_feature(model.W1[0], model.W2[0]).tolist() == [[1, 1], [1, 1]]

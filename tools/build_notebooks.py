@@ -11,6 +11,11 @@ learner's to write. The learner version keeps everything else and puts in its pl
 indented like the markers. A cell whose first line is `### SOLUTION CELL` is dropped entirely.
 Outputs and execution counts are stripped from both versions. Generated notebooks say so in their
 metadata: edit `solutions/`, never `notebooks/`.
+
+The repository's URL lives in one place, `[project.urls] Repository` in pyproject.toml (with the
+branch in `[tool.course] branch`). The build writes it into every notebook's Colab badge (which
+opens the learner version on Colab, from either version) and into the Colab install line of its setup cell, in both
+versions; `--check` reports a notebook where they disagree.
 """
 
 from __future__ import annotations
@@ -26,6 +31,48 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END, WHOLE = "### BEGIN SOLUTION", "### END SOLUTION", "### SOLUTION CELL"
 STUB = 'raise NotImplementedError("Exercise: write this, then run the check below.")'
 NAME = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+BADGE = re.compile(r"\[!\[Open In Colab\]\(" + re.escape(BADGE_IMAGE) + r"\)\]\([^)]*\)")
+INSTALL = re.compile(r'"interp-course @ git\+[^"]*"')
+
+
+def repository(root: Path = ROOT) -> tuple[str, str]:
+    """The repository URL and branch from pyproject.toml: the one place they are set."""
+    text = (root / "pyproject.toml").read_text()
+    try:
+        import tomllib
+        data = tomllib.loads(text)
+        url, branch = data["project"]["urls"]["Repository"], data["tool"]["course"]["branch"]
+    except ImportError:  # Python 3.10
+        url = re.search(r'^Repository\s*=\s*"([^"]+)"', text, re.M).group(1)
+        branch = re.search(r'^branch\s*=\s*"([^"]+)"', text, re.M).group(1)
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+        raise ValueError(f"pyproject.toml: Repository = {url!r}; Colab opens notebooks from "
+                         "https://github.com/OWNER/NAME only")
+    return url, branch
+
+
+def badge(url: str, branch: str, path: str) -> str:
+    """The Colab badge that opens `path` (e.g. notebooks/04_x.ipynb) from the repository."""
+    github = url.removeprefix("https://github.com/")
+    return f"[![Open In Colab]({BADGE_IMAGE})](https://colab.research.google.com/github/{github}/blob/{branch}/{path})"
+
+
+def install_spec(url: str) -> str:
+    return f'"interp-course @ git+{url}"'
+
+
+def set_repository(nb: dict, path: str, root: Path = ROOT) -> dict:
+    """Write the repository's URL into the notebook's badge and Colab install line (in place)."""
+    url, branch = repository(root)
+    for cell in nb["cells"]:
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "markdown":
+            source = BADGE.sub(lambda m: badge(url, branch, path), source)
+        elif cell["cell_type"] == "code":
+            source = INSTALL.sub(lambda m: install_spec(url), source)
+        cell["source"] = source
+    return nb
 
 
 def strip_solution(source: str, where: str) -> str:
@@ -96,14 +143,14 @@ def build(check: bool = False, root: Path = ROOT) -> list[str]:
             raise ValueError(f"{src.name}: notebooks are named NN_snake_case.ipynb")
         raw = src.read_text()
         nb = json.loads(raw)
-        cleaned = dumps(clean(nb))
-        text = dumps(learner_version(nb, src.name))
+        cleaned = dumps(set_repository(clean(nb), f"notebooks/{src.name}", root))  # the learner version, on Colab too
+        text = dumps(set_repository(learner_version(nb, src.name), f"notebooks/{src.name}", root))
         dest = root / "notebooks" / src.name
         if check:
             if not dest.exists() or dest.read_text() != text:
                 stale.append(src.name)
             if raw != cleaned:
-                stale.append(f"solutions/{src.name} (has outputs; `make notebooks` strips them)")
+                stale.append(f"solutions/{src.name} (has outputs, or an old repository URL; `make notebooks` fixes it)")
         else:
             if raw != cleaned:
                 src.write_text(cleaned)

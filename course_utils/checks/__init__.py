@@ -65,7 +65,7 @@ def describe(x: Any) -> str:
     if isinstance(x, np.ndarray):
         return f"a numpy array of shape {x.shape}, dtype {x.dtype} (return a torch tensor)"
     try:
-        text = repr(x)
+        text = " ".join(repr(x).split())  # one line, whatever the value
     except Exception:
         text = "?"
     return f"{type(x).__name__} {text[:80]}"
