@@ -84,6 +84,7 @@ def input_scale(activations: torch.Tensor, n_sample: int = 20_000) -> float:
     return math.sqrt(activations.shape[-1]) / sample.norm(dim=-1).mean().item()
 
 
+@torch.enable_grad()
 def train_sae(sae: SparseAutoencoder, activations: torch.Tensor, n_tokens: int, batch_size: int = 2048,
               lr: float = 2e-3, l1_warmup: float = 0.05, dead_after: int = 100_000, resample_every: int = 0,
               log_every: int = 10, seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
