@@ -110,6 +110,15 @@ def test_training_recovers_toy_features():
     assert sae_training.evaluate(s, h[:20_000])["fve"] > 0.8
 
 
+def test_training_works_with_gradients_switched_off_outside():
+    h, _ = _toy_hidden(20_000)
+    s = _relu(5, 40, l1_coeff=1.0)
+    with torch.no_grad():                                          # as in a notebook that only reads models
+        history = sae_training.train_sae(s, h, n_tokens=512 * 20, batch_size=512, lr=1e-2, progress=False)
+        assert not torch.is_grad_enabled()                         # the caller's setting is restored
+    assert history["mse"][-1] < history["mse"][0]
+
+
 def test_a_stronger_l1_penalty_gives_sparser_latents():
     h, _ = _toy_hidden(100_000)
     l0 = []
