@@ -90,8 +90,9 @@ notebooks: setup  ## write notebooks/ from solutions/ (and the repository URL in
 bench: setup  ## speed and memory of hooks, caching and each notebook
 	$(PY) tools/bench.py
 
-model: setup  ## retrain the bundled model (about an hour on 2 CPU cores, minutes on a GPU)
-	$(PY) -m course_utils.train
+MODEL ?= course-2l
+model: setup  ## retrain a bundled model: make model MODEL=course-2l|course-4l (1-3 h on 2 CPU cores)
+	$(PY) -m course_utils.train --model $(MODEL)
 
-model-facts: setup  ## re-measure the bundled model's interpretability facts
+model-facts: setup  ## re-measure the bundled models' interpretability facts
 	$(PY) -m course_utils.model_facts

@@ -1,5 +1,5 @@
 """Measure what the bundled models' cards claim: induction heads, a previous-token head, the
-logit lens, readable neurons, held-out loss and load time.
+logit lens and a tuned lens, readable neurons, held-out loss and load time.
 
     python -m course_utils.model_facts                      # every bundled model
     python -m course_utils.model_facts --model course-4l    # one of them
@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from course_utils.data import repeated_tokens, stdlib_corpus
+from course_utils.data import repeated_tokens
 from course_utils.hooked_model import HookedModel
-from course_utils.lens import logit_lens
 from course_utils.token_labels import code_windows
+from course_utils.tuned_lens import compare_lenses, lens_scores, train_tuned_lens, training_rows
 
 
 # ---- attention-head scores ------------------------------------------------------------------------
@@ -83,19 +83,24 @@ def heldout_loss(model: HookedModel, rows: torch.Tensor, batch: int = 32) -> flo
 @torch.no_grad()
 def logit_lens_stats(model: HookedModel, rows: torch.Tensor, batch: int = 16) -> dict[str, list[float]]:
     """The logit lens read before each layer and after the last, on held-out rows: KL(final ‖ lens) in
-    nats and the share of tokens whose lens top-1 is the model's final top-1, averaged over tokens."""
-    n = model.cfg.n_layers
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
-    kl, top1 = torch.zeros(n + 1), torch.zeros(n + 1)
+    nats and the share of tokens whose lens top-1 is the model's final top-1, averaged over tokens (the
+    start token's position left out). Computed by `tuned_lens.lens_scores`, the notebooks' own code."""
+    kl, top1 = [], []
     for i in range(0, len(rows), batch):
-        logits, cache = model.run_with_cache(rows[i:i + batch], names_filter=names)
-        final = logits.float().log_softmax(-1)
-        for j, name in enumerate(names):
-            lens = logit_lens(model, cache[name]).float().log_softmax(-1)
-            kl[j] += (final.exp() * (final - lens)).sum(-1).mean().item()
-            top1[j] += (lens.argmax(-1) == final.argmax(-1)).float().mean().item()
-    n_batches = (len(rows) + batch - 1) // batch
-    return {"kl": (kl / n_batches).tolist(), "top1": (top1 / n_batches).tolist()}
+        scores = lens_scores(model, None, rows[i:i + batch])
+        kl.append(scores["kl"].flatten(1))
+        top1.append(scores["top1"].flatten(1))
+    return {"kl": torch.cat(kl, 1).double().mean(1).tolist(), "top1": torch.cat(top1, 1).double().mean(1).tolist()}
+
+
+def tuned_lens_stats(model: HookedModel, rows: torch.Tensor, seed: int = 0) -> dict:
+    """Train a tuned lens on the training files (`tuned_lens.train_tuned_lens`, its defaults) and compare it
+    with the logit lens on the held-out rows: `compare_lenses`'s report plus the training time in seconds."""
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    tuned = train_tuned_lens(model, training_rows(model, seed=seed), seed=seed, progress=False)
+    seconds = time.perf_counter() - start
+    return {**compare_lenses(model, tuned, rows), "train_seconds": seconds}
 
 
 # ---- readable neurons -------------------------------------------------------------------------------
@@ -140,6 +145,7 @@ def measure(model: HookedModel, max_tokens: int = 60_000) -> dict:
     facts = {"induction": induction_facts(model)}
     facts["heldout_loss"] = heldout_loss(model, rows)
     facts["logit_lens"] = logit_lens_stats(model, rows)
+    facts["tuned_lens"] = tuned_lens_stats(model, rows[:64])
     facts["neurons"] = readable_neurons(model, rows, texts, in_string)
     facts["heldout_tokens_measured"] = int(rows.numel())
     return facts
@@ -156,6 +162,13 @@ def report(name: str, facts: dict) -> None:
     print("logit lens, read before each layer and after the last:")
     print("  KL(final || lens): " + ", ".join(f"{k:.3f}" for k in lens["kl"]))
     print("  top-1 agreement:   " + ", ".join(f"{a:.3f}" for a in lens["top1"]))
+    tuned = facts["tuned_lens"]
+    gain = [1 - t / l if l > 0 else 0.0 for t, l in zip(tuned["tuned_kl"][:-1], tuned["logit_kl"][:-1])]
+    print(f"tuned lens (trained in {tuned['train_seconds']:.0f} s), on {tuned['tokens']} held-out tokens:")
+    print("  KL logit lens:     " + ", ".join(f"{k:.3f}" for k in tuned["logit_kl"]))
+    print("  KL tuned lens:     " + ", ".join(f"{k:.3f}" for k in tuned["tuned_kl"]))
+    print("  KL lower by:       " + ", ".join(f"{g:.0%}" for g in gain))
+    print("  top-1 tuned lens:  " + ", ".join(f"{a:.3f}" for a in tuned["tuned_top1"]))
     for concept, r in facts["neurons"].items():
         print(f"neuron {r['neuron']:>8} for {concept!r}: {r['fraction']:.0%} of its top 100 (base rate {r['base_rate']:.1%})")
 

@@ -111,3 +111,18 @@ def test_training_rows_take_a_few_rows_per_file(model, monkeypatch):
     assert len({r[1].item() for r in rows}) == 2                          # two rows from each of two files
     with pytest.raises(CourseError, match="fewer"):
         tuned_lens.training_rows(model, n_rows=5, window=21, rows_per_file=2)
+
+
+@pytest.mark.slow
+def test_on_the_bundled_4_layer_model_the_tuned_lens_beats_the_logit_lens():
+    from course_utils.loading import load_model
+    from course_utils.token_labels import code_windows
+
+    model = load_model("course-4l", device="cpu")
+    lens_ = tuned_lens.train_tuned_lens(model, tuned_lens.training_rows(model, n_rows=32), steps=60, progress=False)
+    report = tuned_lens.compare_lenses(model, lens_, code_windows(model, max_tokens=4 * 256).tokens)
+    n = model.cfg.n_layers
+    assert len(report["logit_kl"]) == n + 1 == 5
+    assert all(a > b for a, b in zip(report["logit_kl"], report["logit_kl"][1:])), "the logit lens's KL falls"
+    assert report["logit_kl"][n] == pytest.approx(0, abs=1e-4)
+    assert all(t < l for t, l in zip(report["tuned_kl"][:n], report["logit_kl"][:n]))
