@@ -400,6 +400,9 @@ def main() -> int:
     parser.add_argument("--shots", type=Path, default=ROOT / "build" / "browser")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
+    # The server runs in a scratch folder: a relative interpreter path (make passes .venv/bin/python) would
+    # point nowhere there. Absolute, but not resolved: a venv's python is a symlink that must stay one.
+    args.python = str(Path.cwd() / args.python) if not Path(args.python).is_absolute() else args.python
 
     root = args.root.resolve()
     names = [p.name for p in sorted((root / "solutions").glob("*.ipynb"))
