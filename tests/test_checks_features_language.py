@@ -8,16 +8,14 @@ import torch
 
 from course_utils import load_model, neurons, probing
 from course_utils.checks import CheckFailed
+from tests import check_helpers
+from tests.check_helpers import stub
 from course_utils.checks import features_language as checks
 
 
-def stub(*args, **kwargs):
-    raise NotImplementedError
-
-
 def rejects(check, wrong, *args, match: str | None = None) -> None:
-    with pytest.raises(CheckFailed, match=match):
-        check(wrong, *args)
+    """check_helpers.rejects with the check's extra arguments before `match`: fails in one line."""
+    check_helpers.rejects(check, wrong, match, *args)
 
 
 @pytest.fixture(scope="module")
