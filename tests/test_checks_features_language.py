@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from course_utils import load_model, neurons, probing
-from course_utils.checks import CheckFailed
 from tests import check_helpers
 from tests.check_helpers import stub
 from course_utils.checks import features_language as checks

@@ -10,7 +10,6 @@ import torch
 
 from course_utils import curve_detectors as cd
 from course_utils import vision
-from course_utils.checks import CheckFailed
 from tests import check_helpers
 from tests.check_helpers import stub
 from course_utils.checks import features_vision as checks
