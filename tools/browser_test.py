@@ -8,7 +8,7 @@ For every notebook in solutions/ (found, not listed), the learner version and th
      copy of the learner's folder), Run All from the Run menu, wait until the kernel is idle, and fail
      on any error output or any JavaScript error on the page; the Run-All time is printed;
   2. where the notebook draws a circuitsvis view, find the rendered element (offline JavaScript);
-  3. move the first ipywidgets control that redraws a figure, and check that the figure changed;
+  3. move the first ipywidgets control that redraws a figure or an interact's output, and check that it changed;
   4. (learner version) type the wrong answer that the exercise cell's metadata carries
      (`{"course": {"wrong_answer": "<cell source>"}}`) into that cell, run it and its check, and
      expect a one-line CheckFailed with no traceback; a notebook without one is reported and skipped
@@ -155,8 +155,10 @@ def errors_in(cells: list[dict]) -> list[str]:
 
 
 def figure_signature(cell) -> str:
-    imgs = cell.locator("img").all()
-    return "|".join((img.get_attribute("src") or "")[-200:] for img in imgs)
+    """What a control can redraw in its cell: the images, and the text an interact shows (HTML tables, lists)."""
+    imgs = [(img.get_attribute("src") or "")[-200:] for img in cell.locator("img").all()]
+    shown = [(out.text_content() or "")[:2000] for out in cell.locator(".widget-output").all()]
+    return "|".join(imgs + shown) if any(imgs + shown) else ""
 
 
 def move_control(control, kind: str) -> str:
@@ -187,7 +189,7 @@ CONTROLS = [("slider", ".widget-slider, .widget-hslider"), ("toggle", ".widget-t
 
 
 def check_widget(page: Page, shots: Path, tag: str) -> str:
-    """Find a control whose move redraws a figure in its cell; raise AssertionError if none does."""
+    """Find a control whose move redraws a figure or an output in its cell; raise AssertionError if none does."""
     tried = []
     for kind, selector in CONTROLS:
         for control in page.locator(f".jp-OutputArea {selector}").all()[:4]:
@@ -203,7 +205,7 @@ def check_widget(page: Page, shots: Path, tag: str) -> str:
                 if figure_signature(cell) not in (before, ""):
                     page.wait_for_timeout(300)
                     cell.locator(".jp-OutputArea").first.screenshot(path=str(shots / f"{tag}-widget-after.png"))
-                    return f"{action} redrew the figure"
+                    return f"{action} redrew the output"
                 page.wait_for_timeout(200)
             tried.append(action)
     raise AssertionError("no ipywidgets control changed a figure" + (f" (tried: {', '.join(tried)})" if tried else
