@@ -64,3 +64,10 @@ def family_case(request):
     with torch.no_grad():
         ref = model(tokens, output_hidden_states=True, output_attentions=True)
     return request.param, HookedModel(model, TinyTokenizer()), tokens, ref
+
+
+@pytest.fixture(scope="module")
+def model() -> HookedModel:
+    """A tiny random GPT-2 (3 layers, 4 heads, vocabulary 97, random norm biases): the checks and helpers must
+    not need a bundled model. A test file that needs a bundled model defines its own `model` fixture."""
+    return HookedModel(build("gpt2"), TinyTokenizer())

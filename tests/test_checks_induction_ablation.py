@@ -9,17 +9,10 @@ from functools import partial
 import pytest
 import torch
 
-from course_utils import HookedModel
 from course_utils.checks import induction_ablation as checks
 from course_utils.data import repeated_tokens
 from course_utils.hook_points import HookPoint
 from tests.check_helpers import ODD_RETURNS, float64, rejects, stub
-from tests.conftest import TinyTokenizer, build
-
-
-@pytest.fixture(scope="module")
-def model() -> HookedModel:
-    return HookedModel(build("gpt2"), TinyTokenizer())
 
 
 # ----------------------------------------------------------------------------- references

@@ -7,15 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_utils import HookedModel, lens
+from course_utils import lens
 from course_utils.checks import induction_circuits as checks
 from tests.check_helpers import ODD_RETURNS, float64, rejects, stub
-from tests.conftest import TinyTokenizer, build
-
-
-@pytest.fixture(scope="module")
-def model() -> HookedModel:
-    return HookedModel(build("gpt2"), TinyTokenizer())
 
 
 WITH_MODEL = {

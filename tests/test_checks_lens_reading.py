@@ -6,16 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_utils import HookedModel, lens, tuned_lens
+from course_utils import lens, tuned_lens
 from course_utils.checks import lens_reading as checks
 from tests.check_helpers import ODD_RETURNS, rejects, stub
-from tests.conftest import TinyTokenizer, build
-
-
-@pytest.fixture(scope="module")
-def model() -> HookedModel:
-    """A tiny random GPT-2 (3 layers, vocabulary 97, random norm biases): the checks must not need the bundled model."""
-    return HookedModel(build("gpt2"), TinyTokenizer())
 
 
 def test_stubs_return_references(model, capsys):

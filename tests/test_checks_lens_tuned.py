@@ -6,17 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_utils import HookedModel, lens, tuned_lens
+from course_utils import lens, tuned_lens
 from course_utils.checks import lens_tuned as checks
 from course_utils.checks.lens_reading import random_tokens
 from tests.check_helpers import ODD_RETURNS, rejects, stub
-from tests.conftest import TinyTokenizer, build
-
-
-@pytest.fixture(scope="module")
-def model() -> HookedModel:
-    """A tiny random GPT-2 (3 layers, vocabulary 97, random norm biases): the checks must not need the bundled model."""
-    return HookedModel(build("gpt2"), TinyTokenizer())
 
 
 def test_stubs_return_references(model, capsys):

@@ -8,16 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_utils import HookedModel, lens
+from course_utils import lens
 from course_utils.checks import residual_attribution as checks
 from tests.check_helpers import ODD_RETURNS, float64, rejects, stub
-from tests.conftest import TinyTokenizer, build
-
-
-@pytest.fixture(scope="module")
-def model() -> HookedModel:
-    """A tiny random GPT-2 (3 layers, 4 heads, vocabulary 97): the checks must not need the bundled model."""
-    return HookedModel(build("gpt2"), TinyTokenizer())
 
 
 # ----------------------------------------------------------------------------- references

@@ -11,16 +11,9 @@ import functools
 import pytest
 import torch
 
-from course_utils import HookedModel, patching
+from course_utils import patching
 from course_utils.checks import residual_patching as checks
 from tests.check_helpers import ODD_RETURNS, float64, rejects, stub
-from tests.conftest import TinyTokenizer, build
-
-
-@pytest.fixture(scope="module")
-def model() -> HookedModel:
-    """A tiny random GPT-2 (3 layers, 4 heads, vocabulary 97): the checks must not need the bundled model."""
-    return HookedModel(build("gpt2"), TinyTokenizer())
 
 
 # ----------------------------------------------------------------------------- references

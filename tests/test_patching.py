@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_utils import CourseError, HookedModel, patching
-from tests.conftest import TinyTokenizer, build
-
-
-@pytest.fixture(scope="module")
-def model() -> HookedModel:
-    return HookedModel(build("gpt2"), TinyTokenizer())
+from course_utils import CourseError, patching
 
 
 @pytest.fixture(scope="module")

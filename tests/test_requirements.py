@@ -1,6 +1,5 @@
 """requirements.txt (exact pins), environment.yml and pyproject.toml (ranges) agree."""
 
-import re
 import tomllib
 from pathlib import Path
 

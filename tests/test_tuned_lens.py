@@ -6,14 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_utils import CourseError, HookedModel, lens, tuned_lens
+from course_utils import CourseError, lens, tuned_lens
 from course_utils.data import Corpus
-from tests.conftest import VOCAB, TinyTokenizer, build
-
-
-@pytest.fixture(scope="module")
-def model() -> HookedModel:
-    return HookedModel(build("gpt2"), TinyTokenizer())
+from tests.conftest import VOCAB
 
 
 @pytest.fixture(scope="module")
