@@ -14,6 +14,14 @@ def stub(*args, **kwargs):
     raise NotImplementedError
 
 
+def accepts_reference_and_skips_stub(check, reference, capsys, *extra) -> None:
+    """The reference passes and a stub is skipped, each reported in one line, and both return the reference."""
+    assert check(reference, *extra) is reference
+    assert check(stub, *extra) is reference
+    out = capsys.readouterr().out
+    assert "cases pass" in out and "not done yet" in out and out.count("\n") == 2, out
+
+
 def rejects(check, wrong, match: str | None = None, *extra) -> str:
     """Assert that `check(wrong, *extra)` fails with one line matching `match`; return the message."""
     with pytest.raises(CheckFailed, match=match) as info:

@@ -9,7 +9,7 @@ import torch
 
 from course_utils import lens
 from course_utils.checks import induction_circuits as checks
-from tests.check_helpers import ODD_RETURNS, float64, rejects, stub
+from tests.check_helpers import ODD_RETURNS, accepts_reference_and_skips_stub, float64, rejects
 
 
 WITH_MODEL = {
@@ -71,20 +71,12 @@ def test_ov_circuit_is_the_logit_lens_of_what_the_head_writes(model):
 
 @pytest.mark.parametrize("name", WITH_MODEL)
 def test_model_checks_accept_reference_and_skip_stub(name, model, capsys):
-    check, reference = WITH_MODEL[name]
-    assert check(reference, model) is reference
-    assert check(stub, model) is reference
-    out = capsys.readouterr().out
-    assert "cases pass" in out and "not done yet" in out
+    accepts_reference_and_skips_stub(*WITH_MODEL[name], capsys, model)
 
 
 @pytest.mark.parametrize("name", PURE)
 def test_accepts_reference_and_skips_stub(name, capsys):
-    check, reference = PURE[name]
-    assert check(reference) is reference
-    assert check(stub) is reference
-    out = capsys.readouterr().out
-    assert "cases pass" in out and "not done yet" in out
+    accepts_reference_and_skips_stub(*PURE[name], capsys)
 
 
 def test_accepts_other_correct_implementations(model):
