@@ -79,6 +79,7 @@ class Server:
     def __init__(self, python: str, work: Path, scratch: Path):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.slow: list[str] = []  # API calls that had to be repeated, reported at the end
         env = lab.environment()
         env["JUPYTERLAB_SETTINGS_DIR"] = str(scratch / "user-settings")  # not the developer's own
         env["JUPYTERLAB_WORKSPACES_DIR"] = str(scratch / "workspaces")
@@ -89,18 +90,31 @@ class Server:
         deadline = time.time() + 120
         while time.time() < deadline:
             with contextlib.suppress(OSError):
-                self.api("status")
+                self.api("status", patience=0)
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"JupyterLab exited at start; see {scratch / 'jupyter.log'}")
             time.sleep(0.5)
         raise RuntimeError("JupyterLab did not answer within 120 s")
 
-    def api(self, path: str, method: str = "GET"):
-        req = urllib.request.Request(f"{self.base}/api/{path}", method=method,
-                                     headers={"Authorization": f"token {TOKEN}"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            body = r.read()
+    def api(self, path: str, method: str = "GET", patience: float = 90.0):
+        """One call to the server's REST API. On a 2-core machine a server that is starting a kernel
+        next to Chromium and a running notebook has been seen to take over 10 s to answer: a GET that
+        times out or is refused is asked again until `patience` seconds have passed (0: once only)."""
+        deadline = time.time() + patience
+        while True:
+            req = urllib.request.Request(f"{self.base}/api/{path}", method=method,
+                                         headers={"Authorization": f"token {TOKEN}"})
+            asked = time.time()
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    body = r.read()
+                break
+            except OSError as e:  # URLError, a refused connection and a timeout are all OSErrors
+                if method != "GET" or time.time() >= deadline:
+                    raise
+                self.slow.append(f"GET /api/{path} failed after {time.time() - asked:.0f} s ({e}); asked again")
+                time.sleep(1.0)
         return json.loads(body) if body else None
 
     def kernels(self) -> list[dict]:
@@ -435,8 +449,16 @@ def main() -> int:
             for name in names:
                 for version, rel in (("learner", name), ("solution", f"solutions/{name}")):
                     nb = json.loads((work / rel).read_text())
-                    res = run_notebook(page, server, rel, nb, version, args.shots, page_errors, work,
-                                       args.timeout, glyphs)
+                    try:
+                        res = run_notebook(page, server, rel, nb, version, args.shots, page_errors, work,
+                                           args.timeout, glyphs)
+                    except Exception as e:  # noqa: BLE001 (reported as this notebook's failure; the rest still run)
+                        res = Result(name, version, failed=[f"the test stopped: {type(e).__name__}: "
+                                                            f"{str(e).splitlines()[0][:300] if str(e) else ''}"])
+                        with contextlib.suppress(Exception):  # leave no tab or kernel behind for the next one
+                            page.goto(f"{server.base}/lab?reset&token={TOKEN}")
+                            for k in server.kernels():
+                                server.api(f"kernels/{k['id']}", method="DELETE")
                     results.append(res)
                     mark = "FAIL" if res.failed else "ok"
                     print(f"  {name:28s} {version:8s} Run All {res.run_all_s:6.1f} s  saved {res.saved_kb:7.0f} kB  {mark}",
@@ -452,6 +474,8 @@ def main() -> int:
             browser.close()
     finally:
         server.stop()
+    for line in server.slow:
+        print(f"  note    the server answered slowly: {line}")
     log = (scratch / "jupyter.log").read_text(errors="replace")
     quiet = "without encryption" not in log  # ipykernel's warning for TCP kernels; IPC sockets need none
     print(f"  kernels started with no 'running over TCP without encryption' warning: {'ok' if quiet else 'FAILED'}")
